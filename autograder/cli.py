@@ -1,0 +1,119 @@
+"""Command line: `python -m autograder VERB ...`. Each verb is a thin wrapper over autograder.course."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import AutograderError
+
+DESCRIPTION = """\
+Grade the CI/CD for Models course with nbgrader. An instructor's day:
+
+  release ASSIGNMENT     generate the student version and publish it to the exchange
+  collect ASSIGNMENT     gather the class's submissions from the exchange
+  grade ASSIGNMENT       autograde the class (or one --student), with reasons per student
+  feedback ASSIGNMENT    write feedback (tests hidden) and hand it back through the exchange
+  export                 write every grade to a CSV file
+
+and for learners and newcomers:
+
+  check NOTEBOOK         run a notebook's visible tests; exits 1 if any fails
+  demo                   run the whole day on sample submissions in a throwaway folder
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--class-dir", type=Path, help="the class folder (default: $CICD_CLASS_DIR or class/)")
+    parser.add_argument("--exchange", type=Path, help="nbgrader's exchange root (default: $CICD_EXCHANGE or CLASS_DIR/exchange)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = verbs.add_parser("release", help="generate the student version and publish it to the exchange")
+    p.add_argument("assignment")
+    _common(p)
+    p = verbs.add_parser("collect", help="gather submissions from the exchange into the class folder")
+    p.add_argument("assignment")
+    _common(p)
+    p = verbs.add_parser("grade", help="autograde collected submissions; prints a table with reasons")
+    p.add_argument("assignment")
+    p.add_argument("--student", help="grade only this student")
+    _common(p)
+    p = verbs.add_parser("feedback", help="write feedback HTML and release it to students")
+    p.add_argument("assignment")
+    p.add_argument("--student", help="only this student")
+    _common(p)
+    p = verbs.add_parser("export", help="write all grades to a CSV file")
+    p.add_argument("--to", type=Path, default=Path("grades.csv"), help="CSV path (default: grades.csv)")
+    _common(p)
+    p = verbs.add_parser("check", help="learner's self-check: run the visible tests of a notebook")
+    p.add_argument("notebook", type=Path)
+    p = verbs.add_parser("demo", help="release, submit, collect, grade, feedback and export sample submissions")
+    p.add_argument("--keep", type=Path, help="build the demo class here (must not exist) and keep it")
+    return parser
+
+
+def grade_table(results) -> str:
+    rows = [("student", "assignment", "score", "notes")]
+    for r in results:
+        score = f"{r.score:g} / {r.max_score:g}" + (" (+manual)" if r.needs_manual_grade else "")
+        rows.append((r.student, r.assignment, score, r.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join("  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    try:
+        return _run(args)
+    except AutograderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from . import course
+    from .config import ClassPaths
+
+    if args.verb == "check":
+        from .selfcheck import check_notebook
+        outcomes = check_notebook(args.notebook)
+        for o in outcomes:
+            mark = "PASS" if o.passed else "FAIL"
+            print(f"{mark}  {o.grade_id} ({o.points:g} pt): {o.description}")
+            if not o.passed:
+                print(f"      {o.message}")
+        failed = sum(not o.passed for o in outcomes)
+        print(f"{len(outcomes) - failed} passed, {failed} failed")
+        if not failed:
+            print("The visible tests pass. Hidden tests will probe edge cases when your work is graded.")
+        return 1 if failed else 0
+    if args.verb == "demo":
+        from .demo import run_demo
+        return run_demo(args.keep)
+
+    paths = ClassPaths.resolve(args.class_dir, args.exchange)
+    if args.verb == "release":
+        course.release(paths, args.assignment)
+        print(f"released {args.assignment}: course/{args.assignment}/ regenerated, published to {paths.exchange}")
+    elif args.verb == "collect":
+        students = course.collect(paths, args.assignment)
+        print(f"collected {args.assignment} from {len(students)} student(s): {', '.join(students)}")
+    elif args.verb == "grade":
+        results = course.grade(paths, args.assignment, args.student)
+        print(grade_table(results))
+        return 1 if any(r.error for r in results) else 0
+    elif args.verb == "feedback":
+        files = course.feedback(paths, args.assignment, args.student)
+        print("\n".join(str(f) for f in files))
+    elif args.verb == "export":
+        print(f"grades written to {course.export(paths, args.to)}")
+    return 0

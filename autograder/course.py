@@ -1,0 +1,279 @@
+"""An instructor's day, one function per step, over nbgrader's API.
+
+release -> (students fetch and submit) -> collect -> grade -> feedback -> export.
+`grade_submission` grades one student's one assignment and is self-contained: its inputs
+are the raw submission folder and the released skeleton, its outputs the staged notebook,
+the autograded notebook, the gradebook rows and a SubmissionResult.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from nbgrader.apps import NbGraderAPI
+from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.plugins.export import CsvExportPlugin
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, LimitOutput,
+                                    SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+
+from . import AutograderError, reference, reports, submission
+from .config import ClassPaths, ensure_writable, load_course_config
+from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR
+
+
+# --- what exists -----------------------------------------------------------------------------
+
+def assignments(paths: ClassPaths) -> list[str]:
+    return sorted(p.name for p in paths.source.iterdir() if (p / f"{p.name}.ipynb").is_file()) \
+        if paths.source.is_dir() else []
+
+
+def require_assignment(paths: ClassPaths, name: str) -> None:
+    known = assignments(paths)
+    if name not in known:
+        raise AutograderError(f"unknown assignment '{name}'; the assignments are: {', '.join(known) or 'none'}")
+
+
+def notebooks_of(paths: ClassPaths, assignment: str) -> list[str]:
+    return sorted(p.stem for p in (paths.release / assignment).glob("*.ipynb"))
+
+
+def students_collected(paths: ClassPaths, assignment: str) -> list[str]:
+    if not paths.submitted.is_dir():
+        return []
+    return sorted(p.name for p in paths.submitted.iterdir() if (p / assignment).is_dir())
+
+
+# --- nbgrader ------------------------------------------------------------------------------
+
+def api(paths: ClassPaths, **overrides) -> NbGraderAPI:
+    ensure_writable(paths.class_dir, "class folder", "choose another with --class-dir or CICD_CLASS_DIR")
+    config = load_course_config(paths)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
+    return NbGraderAPI(config=config)
+
+
+def _checked(result: dict, what: str) -> dict:
+    if not result.get("success"):
+        detail = (result.get("error") or result.get("log") or "").strip().splitlines()
+        raise AutograderError(f"{what} failed: {detail[-1] if detail else 'no details from nbgrader'}")
+    return result
+
+
+def _exchange_ok(paths: ClassPaths) -> None:
+    ensure_writable(paths.exchange, "exchange", "choose another with --exchange or CICD_EXCHANGE")
+
+
+# --- release and collect ---------------------------------------------------------------------
+
+def generate(paths: ClassPaths, assignment: str) -> None:
+    """Regenerate the student version in course/ from solutions/ (and record it in the gradebook)."""
+    require_assignment(paths, assignment)
+    _checked(api(paths).generate_assignment(assignment, force=True), f"generating {assignment}")
+
+
+def release(paths: ClassPaths, assignment: str) -> None:
+    """Generate the student version, compute the reference results, publish to the exchange."""
+    generate(paths, assignment)
+    prepare_reference(paths, assignment)
+    _exchange_ok(paths)
+    grader = api(paths)
+    grader.unrelease(assignment)  # releasing again replaces the old copy instead of failing
+    _checked(grader.release_assignment(assignment), f"releasing {assignment}")
+
+
+def collect(paths: ClassPaths, assignment: str) -> list[str]:
+    require_assignment(paths, assignment)
+    _exchange_ok(paths)
+    _checked(api(paths).collect(assignment), f"collecting {assignment}")
+    return students_collected(paths, assignment)
+
+
+def prepare_reference(paths: ClassPaths, assignment: str) -> None:
+    for source in sorted((paths.source / assignment).glob("*.ipynb")):
+        reference.ensure(source, paths.reference, assignment)
+
+
+# --- grading ---------------------------------------------------------------------------------
+
+@dataclass
+class CellResult:
+    grade_id: str
+    points: float
+    max_points: float
+    reason: str = ""
+
+
+@dataclass
+class SubmissionResult:
+    student: str
+    assignment: str
+    score: float = 0.0
+    max_score: float = 0.0
+    needs_manual_grade: bool = False
+    cells: list[CellResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def reason(self) -> str:
+        """One line an instructor can read in a table."""
+        if self.error:
+            return self.error
+        failed = [c.grade_id for c in self.cells if c.points < c.max_points and c.reason]
+        parts = self.notes[:2] + ([f"failed: {', '.join(failed)}"] if failed else [])
+        return "; ".join(parts)
+
+
+def grading_preprocessors() -> list:
+    return [GuardedExecute, CapOutputs, DecideVerdicts, ClearMetadataPreprocessor, LimitOutput,
+            SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+
+
+def stage(paths: ClassPaths, assignment: str, student: str) -> list[str]:
+    """Rebuild the student's submission into staged/: the notebooks that will actually run."""
+    raw = paths.submitted / student / assignment
+    target = paths.staged / student / assignment
+    if target.exists():
+        shutil.rmtree(target)
+    # Supporting files (data) come from the release, never from the student.
+    shutil.copytree(paths.release / assignment, target, ignore=shutil.ignore_patterns("*.ipynb"))
+    for name in ("timestamp.txt", "submission_secret.txt"):
+        if (raw / name).is_file():
+            shutil.copy2(raw / name, target / name)
+    expected = notebooks_of(paths, assignment)
+    handed_in = sorted(p for p in raw.glob("*.ipynb")) if raw.is_dir() else []
+    by_stem = {p.stem: p for p in handed_in}
+    strays = [p for p in handed_in if p.stem not in expected]
+    notes: list[str] = []
+    for name in expected:
+        skeleton = nbformat.read(paths.release / assignment / f"{name}.ipynb", as_version=4)
+        path = by_stem.get(name)
+        if path is None and len(expected) == 1 and len(strays) == 1:
+            path = strays.pop()
+            notes.append(f"{name}.ipynb was handed in as {path.name}; it was graded as {name}.ipynb")
+        if path is None:
+            nb, problem = None, f"{name}.ipynb was not handed in; it was graded as unanswered"
+        else:
+            nb, problem = submission.read_submitted(path)
+            if problem:
+                problem += "; it was graded as unanswered"
+        if problem:
+            notes.append(problem)
+        graded, repairs = submission.rebuild(skeleton, nb)
+        notes.extend(repairs)
+        if notes:
+            graded.cells.insert(0, submission.notes_cell(notes))
+        nbformat.write(graded, target / f"{name}.ipynb")
+    notes.extend(f"{p.name} is not part of this assignment and was not graded" for p in strays)
+    (target / "grading_notes.json").write_text(json.dumps(notes, indent=1))
+    return notes
+
+
+def grade_submission(paths: ClassPaths, assignment: str, student: str) -> SubmissionResult:
+    """Grade one student's one assignment; never raises for anything the student did."""
+    result = SubmissionResult(student, assignment)
+    try:
+        result.notes = stage(paths, assignment, student)
+        grader = api(paths,
+                     CourseDirectory={"submitted_directory": str(paths.staged)},
+                     Autograde={"autograde_preprocessors": grading_preprocessors()},
+                     DecideVerdicts={"reference_dir": str(paths.reference)})
+        outcome = grader.autograde(assignment, student, force=True, create=True)
+        if not outcome.get("success"):
+            lines = (outcome.get("error") or outcome.get("log") or "").strip().splitlines()
+            result.error = "grading failed: " + (lines[-1] if lines else "no details from nbgrader")
+        _read_back(paths, result)
+    except AutograderError as err:
+        result.error = str(err)
+    return result
+
+
+def _read_back(paths: ClassPaths, result: SubmissionResult) -> None:
+    """Fill a result from the gradebook and the reasons written into the autograded notebooks."""
+    reasons = {}
+    for nb_path in sorted((paths.autograded / result.student / result.assignment).glob("*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        for cell in nb.cells:
+            for output in reports.errors_of(cell):
+                if output.get("ename") == VERDICT_ERROR:
+                    reasons[reports.grade_id(cell)] = output.get("evalue", "")
+    with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
+        try:
+            sub = gb.find_submission(result.assignment, result.student)
+        except MissingEntry:
+            return
+        result.score, result.max_score = sub.score, sub.max_score
+        result.needs_manual_grade = sub.needs_manual_grade
+        for nb in sub.notebooks:
+            for grade in nb.grades:
+                result.cells.append(CellResult(grade.name, grade.score, grade.max_score,
+                                               reasons.get(grade.name, "")))
+
+
+def backup_gradebook(paths: ClassPaths) -> Path | None:
+    """Copy the gradebook aside (SQLite's online backup, safe even mid-write)."""
+    if not paths.gradebook.is_file():
+        return None
+    paths.backups.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    target = paths.backups / f"gradebook-{stamp}.db"
+    with sqlite3.connect(paths.gradebook) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
+
+
+def grade(paths: ClassPaths, assignment: str, student: str | None = None) -> list[SubmissionResult]:
+    require_assignment(paths, assignment)
+    collected = students_collected(paths, assignment)
+    if not collected:
+        raise AutograderError(f"nothing has been collected for '{assignment}' yet; "
+                              f"run `python -m autograder collect {assignment}` first")
+    if student is not None and student not in collected:
+        raise AutograderError(f"no collected submission of '{assignment}' from student '{student}'; "
+                              f"collected: {', '.join(collected)}")
+    prepare_reference(paths, assignment)
+    backup_gradebook(paths)
+    return [grade_submission(paths, assignment, s) for s in ([student] if student else collected)]
+
+
+# --- feedback and export ---------------------------------------------------------------------
+
+def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> list[Path]:
+    """Write HTML feedback (test code hidden) and hand it back through the exchange."""
+    require_assignment(paths, assignment)
+    graded = sorted(p.name for p in paths.autograded.iterdir() if (p / assignment).is_dir()) \
+        if paths.autograded.is_dir() else []
+    if not graded:
+        raise AutograderError(f"nothing has been graded for '{assignment}' yet; "
+                              f"run `python -m autograder grade {assignment}` first")
+    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()})
+    _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
+    _exchange_ok(paths)
+    _checked(grader.release_feedback(assignment, student), f"releasing feedback for {assignment}")
+    who = [student] if student else graded
+    return sorted(f for s in who for f in (paths.feedback / s / assignment).glob("*.html"))
+
+
+def _feedback_preprocessors() -> list:
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import GetGrades
+    return [GetGrades, HideTestSource, CSSHTMLHeaderPreprocessor]
+
+
+def export(paths: ClassPaths, to: Path) -> Path:
+    if not paths.gradebook.is_file():
+        raise AutograderError(f"there is no gradebook in {paths.class_dir} yet; release and grade an assignment first")
+    to = Path(to)
+    ensure_writable(to.parent, "folder for the CSV", "choose another path with --to")
+    with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
+        CsvExportPlugin(to=str(to)).export(gb)
+    return to

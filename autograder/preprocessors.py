@@ -1,0 +1,139 @@
+"""nbgrader preprocessors that keep the grader in charge of a run of student code.
+
+- GuardedExecute: nbgrader's Execute, but a kernel that dies, hangs or cannot start is
+  recorded in the notebook (the affected cell gets an error saying what happened) instead
+  of aborting the student's grading.
+- CapOutputs: long outputs are cut to a fixed size, so one line of 20 MB is not kept whole.
+- DecideVerdicts: replaces what the kernel said about each grade cell with the verdict of
+  autograder.reports, decided against the reference solution's results.
+- HideTestSource: in feedback, a test cell shows its docstring, never its code.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Integer, Unicode
+
+from . import reports
+
+VERDICT_ERROR = "CheckFailed"
+
+
+def _error_output(ename: str, evalue: str) -> NotebookNode:
+    return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+class GuardedExecute(Execute):
+    """Execute that survives the kernel: death, a hang past the timeout, a failed start."""
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._running_cell = None
+        try:
+            return super().preprocess(nb, resources, km=km)
+        except Exception as err:  # the student's kernel misbehaved; the class goes on
+            message = _incident(err)
+            self.log.warning("Execution stopped: %s", message)
+            index = self._running_cell
+            target = nb.cells[index] if index is not None and index < len(nb.cells) else None
+            if target is not None and target.get("cell_type") == "code":
+                target.outputs.append(_error_output("ExecutionStopped", message))
+            nb.metadata.setdefault("cicd_grading", {})["incident"] = message
+            return nb, resources
+
+    def preprocess_cell(self, cell, resources, index):
+        self._running_cell = index
+        return super().preprocess_cell(cell, resources, index)
+
+
+def _incident(err: Exception) -> str:
+    name = type(err).__name__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "DeadKernel" in name or "died" in text.lower():
+        return "the notebook's kernel died (it crashed, was killed or ran out of memory); later cells did not run"
+    if "Timeout" in name or "timed out" in text.lower():
+        return "the notebook ran past its time limit and was stopped; later cells did not run"
+    return f"the notebook could not be run to the end ({name}: {text[:200]})"
+
+
+class CapOutputs(NbGraderPreprocessor):
+    """Cut every text output to max_chars and keep at most max_outputs outputs per cell."""
+
+    max_chars = Integer(10_000, help="Characters kept of each text output").tag(config=True)
+    max_outputs = Integer(50, help="Outputs kept per cell").tag(config=True)
+
+    def _cut(self, text):
+        if isinstance(text, list):
+            text = "".join(text)
+        if not isinstance(text, str) or len(text) <= self.max_chars:
+            return text
+        dropped = len(text) - self.max_chars
+        return text[: self.max_chars] + f"\n… [{dropped} more characters cut by the grader]"
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.get("cell_type") != "code":
+            return cell, resources
+        outputs = cell.get("outputs", [])
+        kept = outputs[: self.max_outputs]
+        # Error outputs decide grades: never let the cap drop one.
+        kept += [o for o in outputs[self.max_outputs:] if o.get("output_type") == "error"]
+        for output in kept:
+            if "text" in output:
+                output["text"] = self._cut(output["text"])
+            if "evalue" in output:
+                output["evalue"] = self._cut(output["evalue"])[:2_000]
+            if "traceback" in output:
+                output["traceback"] = [self._cut(line) for line in output["traceback"][:100]]
+            for mime, value in list(output.get("data", {}).items()):
+                if mime == reports.REPORT_MIME:
+                    if len(json.dumps(value)) > self.max_chars:
+                        output["data"][mime] = {"check": "?", "value": "result too large"}
+                elif isinstance(value, (str, list)):
+                    output["data"][mime] = self._cut(value)
+        cell.outputs = kept
+        return cell, resources
+
+
+class DecideVerdicts(NbGraderPreprocessor):
+    """Make each grade cell's outputs say exactly what autograder.reports decided."""
+
+    reference_dir = Unicode("", help="Folder of reference results: <assignment>/<notebook>.json").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        path = Path(self.reference_dir) / info["assignment"] / f"{info['notebook']}.json"
+        expected = json.loads(path.read_text())["cells"]
+        for cell in nb.cells:
+            if not reports.is_grade_cell(cell):
+                continue
+            verdict = reports.decide(cell, expected.get(reports.grade_id(cell)))
+            # Only displays survive: stderr (warnings) costs nothing, and an execute_result can no
+            # longer claim partial credit. A failure becomes the one error nbgrader will see.
+            cell.outputs = [o for o in cell.outputs
+                            if o.get("output_type") == "display_data"
+                            or (o.get("output_type") == "stream" and o.get("name") == "stdout")]
+            if not verdict.passed:
+                cell.outputs.append(_error_output(VERDICT_ERROR, verdict.reason))
+        return nb, resources
+
+
+class HideTestSource(NbGraderPreprocessor):
+    """Replace each test cell's code by its docstring, for feedback that does not leak tests."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if reports.is_grade_cell(cell):
+            cell.source = "# Test: " + first_docstring_line(cell.get("source", "")) + \
+                "\n# (the test's code is not shown)"
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "display_data"]
+            for output in cell.outputs:
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename')}: {output.get('evalue')}"]
+        return cell, resources
+
+
+def first_docstring_line(source: str) -> str:
+    match = re.match(r'\s*(?:"""|\'\'\')\s*(.*?)\s*(?:"""|\'\'\'|\n)', source, re.S)
+    return match.group(1).strip() if match else "(no description)"

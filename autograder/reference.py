@@ -1,0 +1,70 @@
+"""The reference solution's check results: what every grade cell must report to earn its points.
+
+Computed by running the instructor's source notebook (trusted code) in a scratch copy of its
+assignment folder, and kept in the class folder, which students never see. A result is
+recomputed whenever its source notebook changes (its sha256 is stored beside it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from . import AutograderError, reports
+
+RUN_TIMEOUT = 120  # seconds per cell of the reference solution
+
+
+def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT) -> nbformat.NotebookNode:
+    """Execute a notebook in a scratch copy of its folder (so it writes nothing in place)."""
+    with tempfile.TemporaryDirectory(prefix="cicd-run-") as scratch:
+        folder = Path(scratch) / notebook.parent.name
+        shutil.copytree(notebook.parent, folder)
+        nb = nbformat.read(folder / notebook.name, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
+                                resources={"metadata": {"path": str(folder)}})
+        client.execute()
+        return nb
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compute(source_notebook: Path) -> dict:
+    nb = execute_in_copy(source_notebook)
+    cells = reports.reference_reports(nb)
+    problems = []
+    for cell in nb.cells:
+        gid = reports.grade_id(cell)
+        if not reports.is_grade_cell(cell):
+            continue
+        if reports.errors_of(cell):
+            err = reports.errors_of(cell)[0]
+            problems.append(f"{gid} fails on the reference solution ({err.get('ename')}: {err.get('evalue')})")
+        elif not cells.get(gid):
+            problems.append(f"{gid} reports no result, so it could not tell right from wrong")
+    if problems:
+        raise AutograderError(f"{source_notebook}: the reference solution does not pass its own tests: "
+                              + "; ".join(problems) + ". Fix the source notebook, then grade again.")
+    return {"source_sha256": sha256_of(source_notebook), "cells": cells}
+
+
+def ensure(source_notebook: Path, reference_dir: Path, assignment: str) -> Path:
+    """Return the path of an up-to-date reference result for one source notebook."""
+    target = reference_dir / assignment / f"{source_notebook.stem}.json"
+    if target.is_file():
+        try:
+            if json.loads(target.read_text()).get("source_sha256") == sha256_of(source_notebook):
+                return target
+        except (json.JSONDecodeError, OSError):
+            pass  # a damaged reference is simply recomputed
+    result = compute(source_notebook)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1, sort_keys=True))
+    return target

@@ -1,0 +1,95 @@
+"""Reading the checks a grade cell reports, and deciding its verdict outside the student's kernel.
+
+A grade cell earns its points only when it ran without error AND the checks it reported
+equal, one by one, those the reference solution reported in the same cell. The kernel can
+lie about errors or print anything it likes, but it never sees the reference values, so it
+cannot make a wrong answer produce them. Everything here is pure: notebooks in, data out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+REPORT_MIME = "application/vnd.cicd-course.check+json"
+
+
+def is_grade_cell(cell) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return bool(meta.get("grade")) and cell.get("cell_type") == "code"
+
+
+def grade_id(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def reports_of(cell) -> list[dict]:
+    """The (check, value) records a cell's outputs carry, in order; malformed ones are kept as-is
+    so that they compare unequal instead of vanishing."""
+    found = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") not in ("display_data", "update_display_data"):
+            continue
+        data = output.get("data", {})
+        if REPORT_MIME in data:
+            found.append(data[REPORT_MIME])
+    return found
+
+
+def errors_of(cell) -> list[dict]:
+    return [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def values_match(got, expected) -> bool:
+    """Structural equality on JSON data; floats within a relative 1e-6, and no bool/number mix-ups."""
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return type(got) is type(expected) and got == expected
+    if isinstance(expected, (int, float)) and isinstance(got, (int, float)):
+        return math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(expected, dict):
+        return (isinstance(got, dict) and got.keys() == expected.keys()
+                and all(values_match(got[k], expected[k]) for k in expected))
+    if isinstance(expected, list):
+        return (isinstance(got, list) and len(got) == len(expected)
+                and all(values_match(g, e) for g, e in zip(got, expected)))
+    return type(got) is type(expected) and got == expected
+
+
+@dataclass
+class Verdict:
+    grade_id: str
+    passed: bool
+    reason: str = ""
+    failed_checks: list[str] = field(default_factory=list)
+
+
+def decide(cell, expected: list[dict] | None) -> Verdict:
+    """Decide one grade cell. `expected` is the reference solution's reports for this cell."""
+    gid = grade_id(cell) or "?"
+    if not expected:
+        # A grade cell the reference never reported on cannot be verified: no points, loudly.
+        return Verdict(gid, False, "this check has no reference result; ask your instructor")
+    errors = errors_of(cell)
+    got = reports_of(cell)
+    if errors:
+        first = errors[0]
+        message = f"{first.get('ename', 'Error')}: {first.get('evalue', '')}".strip().rstrip(":")
+        return Verdict(gid, False, message)
+    if not got:
+        return Verdict(gid, False, "the check did not run to completion (no result was recorded)")
+    failed = []
+    for index, exp in enumerate(expected):
+        name = exp.get("check", f"#{index + 1}")
+        actual = got[index] if index < len(got) else None
+        if not (isinstance(actual, dict) and actual.get("check") == exp.get("check")
+                and "value" in actual and values_match(actual["value"], exp.get("value"))):
+            failed.append(name)
+    if len(got) != len(expected) and not failed:
+        failed.append(f"{len(got)} results recorded where {len(expected)} were expected")
+    if failed:
+        return Verdict(gid, False, "wrong result for: " + ", ".join(failed), failed)
+    return Verdict(gid, True)
+
+
+def reference_reports(nb) -> dict[str, list[dict]]:
+    """Map grade_id -> reports, from an executed reference (source) notebook."""
+    return {grade_id(cell): reports_of(cell) for cell in nb.get("cells", []) if is_grade_cell(cell)}

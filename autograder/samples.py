@@ -1,0 +1,69 @@
+"""Sample submissions: answers written into a released notebook, as a learner would hand it in.
+
+A sample (tests/fixtures/submissions/<assignment>/<case>.json) lists the source of the answer
+cells; every other cell stays as released. "answers": "reference" takes the instructor's
+solution for every answer cell. The same corpus drives the test suite and `demo`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from .config import REPO
+
+SAMPLES = REPO / "tests" / "fixtures" / "submissions"
+
+
+@dataclass
+class Sample:
+    assignment: str
+    case: str
+    description: str
+    answers: dict | str
+    expected_points: float
+    expected_failed: list[str]
+
+
+def load(assignment: str, case: str, root: Path = SAMPLES) -> Sample:
+    data = json.loads((root / assignment / f"{case}.json").read_text())
+    return Sample(assignment, case, data["description"], data["answers"],
+                  float(data["expected_points"]), list(data.get("expected_failed", [])))
+
+
+def cases(assignment: str, root: Path = SAMPLES) -> list[str]:
+    return sorted(p.stem for p in (root / assignment).glob("*.json"))
+
+
+def solution_sources(source_nb) -> dict[str, str]:
+    """The instructor's answer for each answer cell, with the solution markers removed."""
+    found = {}
+    for cell in source_nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("solution"):
+            lines = [line for line in cell.source.splitlines()
+                     if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION")]
+            found[cell.id] = "\n".join(lines)
+    return found
+
+
+def fill(released_nb, answers: dict[str, str]):
+    """A copy of the released notebook with the given answer cells' source replaced."""
+    nb = nbformat.from_dict(json.loads(json.dumps(released_nb)))
+    unknown = set(answers) - {c.id for c in nb.cells}
+    if unknown:
+        raise KeyError(f"no cell with id {sorted(unknown)} in the released notebook")
+    for cell in nb.cells:
+        if cell.id in answers:
+            cell.source = answers[cell.id]
+    return nb
+
+
+def build(sample: Sample, released: Path, source: Path):
+    released_nb = nbformat.read(released, as_version=4)
+    answers = sample.answers
+    if answers == "reference":
+        answers = solution_sources(nbformat.read(source, as_version=4))
+    return fill(released_nb, answers)

@@ -1,0 +1,75 @@
+"""Expected outputs for lesson cells tagged `nbval-check-output`.
+
+Lessons are committed without outputs, so nbval alone would only prove they run. The outputs
+that teach (a gate's verdict, a metric table, a hash) are kept in tests/golden/<lesson>.json,
+keyed by cell id, and put in front of nbval before it compares. `pytest --update-golden`
+records them afresh from a real run; a tagged cell with no recorded output fails.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+GOLDEN_DIR = Path(__file__).parent / "tests" / "golden"
+CHECK_TAG = "nbval-check-output"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="record the outputs of tagged lesson cells into tests/golden/")
+
+
+def _golden_file(notebook) -> Path:
+    return GOLDEN_DIR / f"{Path(str(notebook)).stem}.json"
+
+
+def _tagged(cell) -> bool:
+    return CHECK_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def _install_golden_hooks(nbval_plugin):
+    original_collect = nbval_plugin.IPyNbFile.collect
+    original_compare = nbval_plugin.IPyNbCell.compare_outputs
+    original_runtest = nbval_plugin.IPyNbCell.runtest
+
+    def collect(self):
+        path = _golden_file(self.fspath)
+        golden = json.loads(path.read_text()) if path.is_file() else {}
+        for item in original_collect(self):
+            if _tagged(item.cell):
+                expected = golden.get(item.cell.get("id"))
+                item.golden_missing = expected is None
+                if expected is not None:
+                    item.cell.outputs = expected
+                    item.cell.execution_count = 1
+            yield item
+
+    def runtest(self):
+        updating = self.config.getoption("--update-golden")
+        if _tagged(self.cell) and getattr(self, "golden_missing", False) and not updating:
+            pytest.fail(f"cell '{self.cell.get('id')}' is tagged {CHECK_TAG} but has no expected output "
+                        f"in {_golden_file(self.parent.fspath).name}; run `python -m pytest --update-golden`")
+        if updating and _tagged(self.cell):
+            self.cell.execution_count = 1  # make nbval call compare_outputs, which records
+        return original_runtest(self)
+
+    def compare_outputs(self, test, ref, skip_compare=None):
+        if self.config.getoption("--update-golden") and _tagged(self.cell):
+            path = _golden_file(self.parent.fspath)
+            golden = json.loads(path.read_text()) if path.is_file() else {}
+            golden[self.cell.get("id")] = [dict(o) for o in test]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+            return True
+        return original_compare(self, test, ref, skip_compare)
+
+    nbval_plugin.IPyNbFile.collect = collect
+    nbval_plugin.IPyNbCell.runtest = runtest
+    nbval_plugin.IPyNbCell.compare_outputs = compare_outputs
+
+
+def pytest_configure(config):
+    from nbval import plugin as nbval_plugin
+    if not getattr(nbval_plugin, "_golden_hooks", False):
+        _install_golden_hooks(nbval_plugin)
+        nbval_plugin._golden_hooks = True

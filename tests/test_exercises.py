@@ -1,0 +1,95 @@
+"""The exercises: generated from solutions/ by nbgrader, leak nothing, and grade as expected.
+
+Every fixture submission under tests/fixtures/submissions goes through real nbgrader (staging,
+autograde with our preprocessors, gradebook) and must get exactly its expected points.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from autograder import course, reference, reports, samples
+from autograder.config import ClassPaths
+
+REPO = Path(__file__).resolve().parent.parent
+PATHS = ClassPaths.resolve(repo=REPO)
+ASSIGNMENTS = course.assignments(PATHS)
+EXPECTED = ["ex01_pipeline", "ex02_data_gate", "ex03_model_gate", "ex04_metadata", "ex05_registry",
+            "ex06_ci_script"]
+CASES = [(a, c) for a in ASSIGNMENTS for c in samples.cases(a)]
+
+
+def test_all_six_assignments_exist():
+    assert ASSIGNMENTS == EXPECTED
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_regenerating_the_student_version_changes_nothing(assignment, course_copy):
+    course.generate(course_copy, assignment)
+    fresh = sorted(p.relative_to(course_copy.release / assignment)
+                   for p in (course_copy.release / assignment).rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(REPO / "course" / assignment)
+                       for p in (REPO / "course" / assignment).rglob("*") if p.is_file())
+    assert fresh == committed
+    for rel in fresh:
+        assert (course_copy.release / assignment / rel).read_bytes() == \
+            (REPO / "course" / assignment / rel).read_bytes(), \
+            f"course/{assignment}/{rel} is stale: run `python -m autograder release {assignment}`"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_student_version_contains_no_solutions_or_hidden_tests(assignment):
+    released = (REPO / "course" / assignment / f"{assignment}.ipynb").read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+        assert marker not in released
+    source = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    for cell in source["cells"]:
+        text = "".join(cell["source"])
+        for block in re.findall(r"### BEGIN (?:SOLUTION|HIDDEN TESTS)\n(.*?)### END", text, flags=re.S):
+            for line in block.splitlines():
+                if len(line.strip()) > 25:  # short lines (return None, pass) may legitimately recur
+                    assert line.strip() not in released, f"solution or hidden test leaked: {line.strip()!r}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_grade_cell_is_described_and_reports(assignment):
+    source = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    grade_cells = [c for c in source["cells"] if reports.is_grade_cell(c)]
+    assert grade_cells
+    for cell in grade_cells:
+        text = "".join(cell["source"])
+        gid = cell["metadata"]["nbgrader"]["grade_id"]
+        assert cell["id"] == gid and gid.startswith("test_"), f"grade cell id should be descriptive: {gid}"
+        assert re.match(r'\s*"""[^\n]+"""', text), f"{gid} should start with a one-line docstring"
+        assert "report(" in text, f"{gid} reports nothing, so a wrong answer could pass it"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_reference_solution_passes_all_its_tests(assignment):
+    result = reference.compute(REPO / "solutions" / assignment / f"{assignment}.ipynb")
+    assert all(result["cells"].values())
+
+
+@pytest.mark.parametrize("assignment, case", CASES)
+def test_fixture_submission_gets_its_expected_points(assignment, case, graded_fixtures):
+    paths, results = graded_fixtures(assignment)
+    sample = samples.load(assignment, case)
+    result = results[case]
+    assert not result.error, result.error
+    failed = sorted(c.grade_id for c in result.cells if c.max_points and c.points < c.max_points
+                    and c.reason)
+    assert failed == sorted(sample.expected_failed), f"{case}: {sample.description}\n{result.reason}"
+    assert result.score == pytest.approx(sample.expected_points), f"{case}: {sample.description}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_fixture_corpus_covers_right_blank_partial_and_wrong(assignment, graded_fixtures):
+    cases = samples.cases(assignment)
+    assert {"correct", "blank", "partial"} <= set(cases)
+    wrong = [c for c in cases if c not in ("correct", "blank", "partial")]
+    assert len(wrong) >= 3, "at least three plausible wrong answers per assignment"
+    paths, results = graded_fixtures(assignment)
+    assert results["correct"].score > 0 and results["blank"].score == 0
+    for case in wrong + ["partial"]:
+        assert results[case].score < results["correct"].score, f"{case} should lose points"

@@ -24,6 +24,7 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor
 
 from . import AutograderError, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
+from .sandbox import isolation_status
 from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR
 
 
@@ -122,6 +123,7 @@ class SubmissionResult:
     cells: list[CellResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    isolation: str = ""
 
     @property
     def reason(self) -> str:
@@ -136,6 +138,12 @@ class SubmissionResult:
 def grading_preprocessors() -> list:
     return [GuardedExecute, CapOutputs, DecideVerdicts, ClearMetadataPreprocessor, LimitOutput,
             SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+
+
+def hidden_from_students(paths: ClassPaths) -> list[str]:
+    """Everything a student kernel must not read: the course repository (solutions, .git),
+    the class folder (gradebook, references, everyone's submissions) and the exchange."""
+    return [str(p) for p in (paths.repo, paths.class_dir, paths.exchange)]
 
 
 def stage(paths: ClassPaths, assignment: str, student: str) -> list[str]:
@@ -183,9 +191,11 @@ def grade_submission(paths: ClassPaths, assignment: str, student: str) -> Submis
     result = SubmissionResult(student, assignment)
     try:
         result.notes = stage(paths, assignment, student)
+        result.isolation = isolation_status()
         grader = api(paths,
                      CourseDirectory={"submitted_directory": str(paths.staged)},
                      Autograde={"autograde_preprocessors": grading_preprocessors()},
+                     GuardedExecute={"hide_paths": hidden_from_students(paths)},
                      DecideVerdicts={"reference_dir": str(paths.reference)})
         outcome = grader.autograde(assignment, student, force=True, create=True)
         if not outcome.get("success"):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Integer, Unicode
+from traitlets import Bool, Integer, List, Unicode
 
 from . import reports
+from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 VERDICT_ERROR = "CheckFailed"
 
@@ -28,7 +29,19 @@ def _error_output(ename: str, evalue: str) -> NotebookNode:
 
 
 class GuardedExecute(Execute):
-    """Execute that survives the kernel: death, a hang past the timeout, a failed start."""
+    """Execute in a sandboxed kernel (autograder.sandbox), surviving whatever the kernel does:
+    death, a hang past the timeout, a failed start."""
+
+    isolate = Bool(True, help="Run the kernel in a bubblewrap sandbox when this machine allows it").tag(config=True)
+    hide_paths = List(Unicode(), help="Host folders the kernel must not see").tag(config=True)
+
+    def create_kernel_manager(self):
+        if self.isolate and isolation_status() == "bubblewrap":
+            self.kernel_manager_class = SandboxedKernelManager
+            manager = super().create_kernel_manager()
+            manager.sandbox = Sandbox(hide=list(self.hide_paths))
+            return manager
+        return super().create_kernel_manager()
 
     def preprocess(self, nb, resources=None, km=None):
         self._running_cell = None
@@ -106,10 +119,11 @@ class DecideVerdicts(NbGraderPreprocessor):
         info = resources["nbgrader"]
         path = Path(self.reference_dir) / info["assignment"] / f"{info['notebook']}.json"
         expected = json.loads(path.read_text())["cells"]
+        incident = nb.metadata.get("cicd_grading", {}).get("incident", "")
         for cell in nb.cells:
             if not reports.is_grade_cell(cell):
                 continue
-            verdict = reports.decide(cell, expected.get(reports.grade_id(cell)))
+            verdict = reports.decide(cell, expected.get(reports.grade_id(cell)), incident)
             # Only displays survive: stderr (warnings) costs nothing, and an execute_result can no
             # longer claim partial credit. A failure becomes the one error nbgrader will see.
             cell.outputs = [o for o in cell.outputs

@@ -62,8 +62,9 @@ class Verdict:
     failed_checks: list[str] = field(default_factory=list)
 
 
-def decide(cell, expected: list[dict] | None) -> Verdict:
-    """Decide one grade cell. `expected` is the reference solution's reports for this cell."""
+def decide(cell, expected: list[dict] | None, incident: str = "") -> Verdict:
+    """Decide one grade cell. `expected` is the reference solution's reports for this cell;
+    `incident` says why execution stopped early, if it did."""
     gid = grade_id(cell) or "?"
     if not expected:
         # A grade cell the reference never reported on cannot be verified: no points, loudly.
@@ -75,7 +76,7 @@ def decide(cell, expected: list[dict] | None) -> Verdict:
         message = f"{first.get('ename', 'Error')}: {first.get('evalue', '')}".strip().rstrip(":")
         return Verdict(gid, False, message)
     if not got:
-        return Verdict(gid, False, "the check did not run to completion (no result was recorded)")
+        return Verdict(gid, False, incident or "the check did not run to completion (no result was recorded)")
     failed = []
     for index, exp in enumerate(expected):
         name = exp.get("check", f"#{index + 1}")

@@ -8,6 +8,7 @@ records them afresh from a real run; a tagged cell with no recorded output fails
 import json
 from pathlib import Path
 
+import nbformat
 import pytest
 
 GOLDEN_DIR = Path(__file__).parent / "tests" / "golden"
@@ -40,7 +41,7 @@ def _install_golden_hooks(nbval_plugin):
                 expected = golden.get(item.cell.get("id"))
                 item.golden_missing = expected is None
                 if expected is not None:
-                    item.cell.outputs = expected
+                    item.cell.outputs = [nbformat.from_dict(o) for o in expected]
                     item.cell.execution_count = 1
             yield item
 

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("grade", help="autograde collected submissions; prints a table with reasons")
     p.add_argument("assignment")
     p.add_argument("--student", help="grade only this student")
+    p.add_argument("--force", action="store_true",
+                   help="regrade even submissions already graded from identical inputs")
     _common(p)
     p = verbs.add_parser("feedback", help="write feedback HTML and release it to students")
     p.add_argument("assignment")
@@ -61,7 +63,7 @@ def grade_table(results) -> str:
     rows = [("student", "assignment", "score", "notes")]
     for r in results:
         score = f"{r.score:g} / {r.max_score:g}" + (" (+manual)" if r.needs_manual_grade else "")
-        rows.append((r.student, r.assignment, score, r.reason))
+        rows.append((r.student, r.assignment, score, r.reason + ("  [unchanged since last grading]" if r.skipped else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join("  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows)
 
@@ -108,8 +110,12 @@ def _run(args) -> int:
         students = course.collect(paths, args.assignment)
         print(f"collected {args.assignment} from {len(students)} student(s): {', '.join(students)}")
     elif args.verb == "grade":
-        results = course.grade(paths, args.assignment, args.student)
+        results = course.grade(paths, args.assignment, args.student, force=args.force)
         print(grade_table(results))
+        unisolated = {r.isolation for r in results if r.isolation and r.isolation != "bubblewrap"}
+        for why in unisolated:
+            print(f"WARNING: student code ran WITHOUT isolation ({why}). Grades are still decided "
+                  "outside the kernel, but a submission could have read or changed files.", file=sys.stderr)
         return 1 if any(r.error for r in results) else 0
     elif args.verb == "feedback":
         files = course.feedback(paths, args.assignment, args.student)

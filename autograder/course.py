@@ -8,6 +8,7 @@ the autograded notebook, the gradebook rows and a SubmissionResult.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -124,6 +125,7 @@ class SubmissionResult:
     notes: list[str] = field(default_factory=list)
     error: str = ""
     isolation: str = ""
+    skipped: bool = False  # already graded from these very inputs (see `grade(..., force=False)`)
 
     @property
     def reason(self) -> str:
@@ -241,7 +243,26 @@ def backup_gradebook(paths: ClassPaths) -> Path | None:
     return target
 
 
-def grade(paths: ClassPaths, assignment: str, student: str | None = None) -> list[SubmissionResult]:
+def inputs_fingerprint(paths: ClassPaths, assignment: str, student: str) -> str:
+    """sha256 over everything a grade depends on: the raw submission, the released skeleton,
+    the reference results and the grader's own code. Equal fingerprints, equal grades."""
+    digest = hashlib.sha256()
+    folders = [paths.submitted / student / assignment, paths.release / assignment,
+               paths.reference / assignment, Path(__file__).parent]
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _state_file(paths: ClassPaths, assignment: str, student: str) -> Path:
+    return paths.class_dir / "state" / assignment / f"{student}.json"
+
+
+def grade(paths: ClassPaths, assignment: str, student: str | None = None,
+          force: bool = False) -> list[SubmissionResult]:
+    """Grade the class (or one student). A submission already graded from identical inputs is
+    not graded again unless `force`, so an interrupted run resumes where it stopped."""
     require_assignment(paths, assignment)
     collected = students_collected(paths, assignment)
     if not collected:
@@ -252,7 +273,23 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None) -> lis
                               f"collected: {', '.join(collected)}")
     prepare_reference(paths, assignment)
     backup_gradebook(paths)
-    return [grade_submission(paths, assignment, s) for s in ([student] if student else collected)]
+    results = []
+    for name in ([student] if student else collected):
+        state = _state_file(paths, assignment, name)
+        fingerprint = inputs_fingerprint(paths, assignment, name)
+        if not force and state.is_file() and json.loads(state.read_text()).get("inputs") == fingerprint:
+            result = SubmissionResult(name, assignment, skipped=True,
+                                      notes=json.loads(state.read_text()).get("notes", []),
+                                      isolation=json.loads(state.read_text()).get("isolation", ""))
+            _read_back(paths, result)
+        else:
+            result = grade_submission(paths, assignment, name)
+            if not result.error:
+                state.parent.mkdir(parents=True, exist_ok=True)
+                state.write_text(json.dumps({"inputs": fingerprint, "notes": result.notes,
+                                             "isolation": result.isolation}))
+        results.append(result)
+    return results
 
 
 # --- feedback and export ---------------------------------------------------------------------

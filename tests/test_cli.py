@@ -1,0 +1,123 @@
+"""The command line: verbs that read as an instructor's day, and clear errors for mistakes."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autograder import AutograderError, config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, "-m", "autograder", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_help_lists_the_day_in_order():
+    out = run("--help")
+    assert out.returncode == 0
+    positions = [out.stdout.index(f"  {verb} ") for verb in
+                 ("release", "collect", "grade", "feedback", "export", "check", "demo")]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("verb", ["release", "collect", "grade", "feedback", "export", "check", "demo"])
+def test_every_verb_explains_itself(verb):
+    out = run(verb, "--help")
+    assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_no_verb_prints_help_and_fails():
+    out = run()
+    assert out.returncode == 2 and "release" in out.stdout
+
+
+def test_unknown_assignment_is_named_with_the_known_ones(tmp_path):
+    out = run("grade", "ex99_nothing", "--class-dir", str(tmp_path / "class"))
+    assert out.returncode == 2
+    assert "unknown assignment 'ex99_nothing'" in out.stderr and "ex02_data_gate" in out.stderr
+
+
+def test_grading_before_collecting_says_what_to_run(tmp_path):
+    out = run("grade", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
+    assert out.returncode == 2
+    assert "collect ex02_data_gate" in out.stderr
+
+
+def test_feedback_before_grading_says_what_to_run(tmp_path):
+    out = run("feedback", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
+    assert out.returncode == 2 and "grade ex02_data_gate" in out.stderr
+
+
+def test_export_without_a_gradebook_is_explained(tmp_path):
+    out = run("export", "--class-dir", str(tmp_path / "class"), "--to", str(tmp_path / "g.csv"))
+    assert out.returncode == 2 and "no gradebook" in out.stderr
+    assert not (tmp_path / "g.csv").exists()
+
+
+def test_unwritable_class_folder_is_explained(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = run("collect", "ex02_data_gate", "--class-dir", str(blocker / "class"))
+    assert out.returncode == 2 and "class folder" in out.stderr and "not writable" in out.stderr
+
+
+def test_unwritable_exchange_is_explained(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = run("collect", "ex02_data_gate", "--class-dir", str(tmp_path / "class"),
+              "--exchange", str(blocker / "exchange"))
+    assert out.returncode == 2 and "exchange" in out.stderr and "not writable" in out.stderr
+
+
+def test_unknown_student_is_explained(tmp_path):
+    from conftest import submit_directly
+    from autograder.config import ClassPaths
+    import nbformat
+    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
+    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
+    submit_directly(paths, "ada", "ex02_data_gate", nb)
+    out = run("grade", "ex02_data_gate", "--student", "bob", "--class-dir", str(tmp_path / "class"))
+    assert out.returncode == 2 and "'bob'" in out.stderr and "ada" in out.stderr
+
+
+def test_broken_or_missing_config_is_explained(tmp_path, monkeypatch):
+    paths = config.ClassPaths.resolve(tmp_path / "class", repo=REPO)
+    broken = tmp_path / "nbgrader_config.py"
+    broken.write_text("c = get_config()\nc.CourseDirectory.course_id = (\n")
+    monkeypatch.setattr(config, "CONFIG_FILE", broken)
+    with pytest.raises(AutograderError, match="is broken.*SyntaxError"):
+        config.load_course_config(paths)
+    monkeypatch.setattr(config, "CONFIG_FILE", tmp_path / "missing.py")
+    with pytest.raises(AutograderError, match="is missing"):
+        config.load_course_config(paths)
+
+
+def test_check_of_a_missing_notebook_is_explained():
+    out = run("check", "course/nope/nope.ipynb")
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_check_of_a_broken_notebook_is_explained(tmp_path):
+    bad = tmp_path / "ex02_data_gate.ipynb"
+    bad.write_text('{"cells": [')
+    out = run("check", str(bad))
+    assert out.returncode == 2 and "not valid notebook JSON" in out.stderr
+
+
+def test_check_fails_an_unanswered_exercise_and_passes_the_reference(tmp_path):
+    import shutil
+    import nbformat
+    from autograder import samples
+    blank = run("check", "course/ex02_data_gate/ex02_data_gate.ipynb")
+    assert blank.returncode == 1 and "FAIL" in blank.stdout and "NotImplementedError" in blank.stdout
+    folder = tmp_path / "ex02_data_gate"
+    shutil.copytree(REPO / "course" / "ex02_data_gate", folder)
+    nb = samples.build(samples.load("ex02_data_gate", "correct"), folder / "ex02_data_gate.ipynb",
+                       REPO / "solutions" / "ex02_data_gate" / "ex02_data_gate.ipynb")
+    nbformat.write(nb, folder / "ex02_data_gate.ipynb")
+    good = run("check", str(folder / "ex02_data_gate.ipynb"))
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert " 0 failed" in good.stdout

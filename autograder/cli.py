@@ -118,8 +118,10 @@ def _run(args) -> int:
                   "outside the kernel, but a submission could have read or changed files.", file=sys.stderr)
         return 1 if any(r.error for r in results) else 0
     elif args.verb == "feedback":
-        files = course.feedback(paths, args.assignment, args.student)
+        files, notes = course.feedback(paths, args.assignment, args.student)
         print("\n".join(str(f) for f in files))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     elif args.verb == "export":
         print(f"grades written to {course.export(paths, args.to)}")
     return 0

@@ -294,20 +294,31 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None,
 
 # --- feedback and export ---------------------------------------------------------------------
 
-def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> list[Path]:
-    """Write HTML feedback (test code hidden) and hand it back through the exchange."""
+def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> tuple[list[Path], list[str]]:
+    """Write HTML feedback (test code hidden) and hand it back through the exchange.
+
+    Returns the feedback files and a note for each student whose feedback could not be
+    released (a submission that did not come through the exchange has no submission secret)."""
     require_assignment(paths, assignment)
     graded = sorted(p.name for p in paths.autograded.iterdir() if (p / assignment).is_dir()) \
         if paths.autograded.is_dir() else []
     if not graded:
         raise AutograderError(f"nothing has been graded for '{assignment}' yet; "
                               f"run `python -m autograder grade {assignment}` first")
+    if student is not None and student not in graded:
+        raise AutograderError(f"'{student}' has no graded '{assignment}'; graded: {', '.join(graded)}")
     grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()})
     _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
     _exchange_ok(paths)
-    _checked(grader.release_feedback(assignment, student), f"releasing feedback for {assignment}")
+    notes = []
+    for name in [student] if student else graded:
+        if not (paths.feedback / name / assignment / "submission_secret.txt").is_file():
+            notes.append(f"{name}: feedback written but not released (the submission did not come "
+                         f"through the exchange); hand them {paths.feedback / name / assignment}")
+            continue
+        _checked(grader.release_feedback(assignment, name), f"releasing feedback to {name}")
     who = [student] if student else graded
-    return sorted(f for s in who for f in (paths.feedback / s / assignment).glob("*.html"))
+    return sorted(f for s in who for f in (paths.feedback / s / assignment).glob("*.html")), notes
 
 
 def _feedback_preprocessors() -> list:

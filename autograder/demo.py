@@ -44,7 +44,10 @@ def hand_in(paths: ClassPaths, home: Path, student: str, assignment: str, case: 
     elif case != "blank":
         sample = samples.load(assignment, case)
         nb = samples.build(sample, notebook, paths.source / assignment / f"{assignment}.ipynb")
-        nbformat.write(nb, notebook)
+        if isinstance(nb, str):
+            notebook.write_text(nb)
+        else:
+            nbformat.write(nb, notebook)
     _as_student(paths, home, student, assignment, ExchangeSubmit)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Bool, Integer, List, Unicode
+from traitlets import Bool, Enum, Integer, List, Unicode
 
 from . import reports
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
@@ -33,15 +33,18 @@ class GuardedExecute(Execute):
     death, a hang past the timeout, a failed start."""
 
     isolate = Bool(True, help="Run the kernel in a bubblewrap sandbox when this machine allows it").tag(config=True)
+    # A cell past its timeout ends the run (a kernel that ignores interrupts would otherwise
+    # cost the timeout again for every later cell); the kernel is killed, not asked to stop.
+    interrupt_on_timeout = Bool(False).tag(config=True)
+    shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     hide_paths = List(Unicode(), help="Host folders the kernel must not see").tag(config=True)
 
     def create_kernel_manager(self):
-        if self.isolate and isolation_status() == "bubblewrap":
-            self.kernel_manager_class = SandboxedKernelManager
-            manager = super().create_kernel_manager()
-            manager.sandbox = Sandbox(hide=list(self.hide_paths))
-            return manager
-        return super().create_kernel_manager()
+        self.kernel_manager_class = SandboxedKernelManager
+        manager = super().create_kernel_manager()
+        isolated = self.isolate and isolation_status() == "bubblewrap"
+        manager.sandbox = Sandbox(hide=list(self.hide_paths), isolated=isolated)
+        return manager
 
     def preprocess(self, nb, resources=None, km=None):
         self._running_cell = None

@@ -2,7 +2,11 @@
 
 A sample (tests/fixtures/submissions/<assignment>/<case>.json) lists the source of the answer
 cells; every other cell stays as released. "answers": "reference" takes the instructor's
-solution for every answer cell. The same corpus drives the test suite and `demo`.
+solution for every answer cell, and within an answer the text <<reference>> stands for the
+instructor's solution of that cell. Optional keys tamper with the file the way a learner
+might: "delete_cells" (cell ids), "edit_cells" ({cell id: new source}), "strip_metadata"
+(true), "move_to_end" (cell ids), and "file_bytes" (the whole file, as text, for broken files).
+The same corpus drives the test suite and `demo`.
 """
 from __future__ import annotations
 
@@ -25,12 +29,13 @@ class Sample:
     answers: dict | str
     expected_points: float
     expected_failed: list[str]
+    data: dict
 
 
 def load(assignment: str, case: str, root: Path = SAMPLES) -> Sample:
     data = json.loads((root / assignment / f"{case}.json").read_text())
-    return Sample(assignment, case, data["description"], data["answers"],
-                  float(data["expected_points"]), list(data.get("expected_failed", [])))
+    return Sample(assignment, case, data["description"], data.get("answers", {}),
+                  float(data["expected_points"]), list(data.get("expected_failed", [])), data)
 
 
 def cases(assignment: str, root: Path = SAMPLES) -> list[str]:
@@ -62,8 +67,21 @@ def fill(released_nb, answers: dict[str, str]):
 
 
 def build(sample: Sample, released: Path, source: Path):
+    """The submitted notebook (a NotebookNode), or its raw text for a deliberately broken file."""
+    if "file_bytes" in sample.data:
+        return sample.data["file_bytes"]
     released_nb = nbformat.read(released, as_version=4)
-    answers = sample.answers
-    if answers == "reference":
-        answers = solution_sources(nbformat.read(source, as_version=4))
-    return fill(released_nb, answers)
+    reference = solution_sources(nbformat.read(source, as_version=4))
+    answers = reference if sample.answers == "reference" else \
+        {cid: text.replace("<<reference>>", reference.get(cid, "")) for cid, text in sample.answers.items()}
+    nb = fill(released_nb, answers)
+    for cell in nb.cells:
+        if cell.id in sample.data.get("edit_cells", {}):
+            cell.source = sample.data["edit_cells"][cell.id]
+        if sample.data.get("strip_metadata"):
+            cell.metadata = {}
+    moved_ids = set(sample.data.get("move_to_end", []))
+    deleted = set(sample.data.get("delete_cells", []))
+    nb.cells = [c for c in nb.cells if c.id not in deleted | moved_ids] + \
+        [c for c in nb.cells if c.id in moved_ids]
+    return nb

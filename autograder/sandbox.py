@@ -9,8 +9,9 @@ sockets in a private folder. When the grader runs as root the kernel also drops 
 `nobody`. Anything it writes disappears with the scratch copy.
 
 Limits (prlimit): address space, CPU seconds, file size and, as nobody, the number of processes.
-Where bubblewrap is missing or cannot create namespaces the kernel runs unisolated: the grade
-is still given, and the result says so (see `isolation_status`).
+Where bubblewrap is missing or cannot create namespaces the kernel runs unisolated, in a scratch
+copy of its folder and with the same limits: the grade is still given, and the result says so
+(see `isolation_status`).
 """
 from __future__ import annotations
 
@@ -42,8 +43,16 @@ class Sandbox:
     """What one kernel may see; `hide` are host paths replaced by empty folders inside."""
     hide: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
+    isolated: bool = True  # False: bubblewrap is unavailable, apply the limits only
 
     def command(self, kernel_cmd: list[str], workcopy: Path, inside_cwd: str, ipc_dir: Path) -> list[str]:
+        return self._bubblewrap(workcopy, inside_cwd, ipc_dir) + self._limits() + ["--"] + kernel_cmd
+
+    def limits_only(self, kernel_cmd: list[str]) -> list[str]:
+        """Without bubblewrap: the same resource limits, no hiding (run in a scratch copy)."""
+        return self._limits() + ["--"] + kernel_cmd
+
+    def _bubblewrap(self, workcopy: Path, inside_cwd: str, ipc_dir: Path) -> list[str]:
         as_root = os.geteuid() == 0
         cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
@@ -76,11 +85,14 @@ class Sandbox:
         if as_root:
             cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "setpriv",
                     f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs", "--"]
-        cmd += ["prlimit", f"--as={self.limits.memory_bytes}", f"--cpu={self.limits.cpu_seconds}",
-                f"--fsize={self.limits.file_bytes}"]
-        if as_root:
-            cmd.append(f"--nproc={self.limits.processes}")
-        return cmd + ["--"] + kernel_cmd
+        return cmd
+
+    def _limits(self) -> list[str]:
+        cmd = ["prlimit", f"--as={self.limits.memory_bytes}", f"--cpu={self.limits.cpu_seconds}",
+               f"--fsize={self.limits.file_bytes}"]
+        if os.geteuid() == 0 and self.isolated:
+            cmd.append(f"--nproc={self.limits.processes}")  # counts nobody's processes, not the grader's
+        return cmd
 
 
 def _python_roots() -> set[str]:
@@ -125,6 +137,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.transport = "ipc"
         self.ip = str(self._ipc_dir / "kernel")
         self.connection_file = str(self._ipc_dir / "connection.json")
+        if not self.sandbox.isolated:
+            kw["cwd"] = str(self._workcopy)
         # The kernel's own process output is noise (its cells' output travels over the sockets).
         kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.DEVNULL)
@@ -134,6 +148,8 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
+        if not self.sandbox.isolated:
+            return self.sandbox.limits_only(cmd)
         return self.sandbox.command(cmd, self._workcopy, self._inside_cwd, self._ipc_dir)
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:

@@ -1,0 +1,183 @@
+"""Grading stays correct and in charge whatever a submission does.
+
+Each attack in tests/fixtures/attacks/ is a real submission. It is graded twice: by stock
+nbgrader 0.9.6 (plain `autograde` on the raw submission, default settings), to show the attack
+really works there, and by our pipeline, which must give exactly the expected points.
+"""
+import html as html_lib
+import os
+import sqlite3
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+from nbgrader.apps import NbGraderAPI
+from traitlets.config import Config
+
+from autograder import course, samples
+from autograder.sandbox import isolation_status
+from conftest import fixture_notebook, make_course_copy, submit_directly
+
+ASSIGNMENT = "ex02_data_gate"
+ATTACKS_DIR = Path(__file__).parent / "fixtures" / "attacks"
+ATTACKS = samples.cases(ASSIGNMENT, root=ATTACKS_DIR)
+FULL = 10.0
+VICTIM = "aaa_victim"  # graded first, so a later attacker could tamper with its grade
+
+
+def attack(name):
+    return samples.load(ASSIGNMENT, name, root=ATTACKS_DIR)
+
+
+def attack_notebook(paths, name):
+    return samples.build(attack(name), paths.release / ASSIGNMENT / f"{ASSIGNMENT}.ipynb",
+                         paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+
+
+@pytest.fixture(scope="module")
+def classroom(tmp_path_factory):
+    """One class: a victim with a correct answer, and one student per attack."""
+    os.environ["CICD_CELL_TIMEOUT"] = "10"  # the infinite loop costs this once, not per cell
+    paths = make_course_copy(tmp_path_factory.mktemp("trust"))
+    course.generate(paths, ASSIGNMENT)
+    submit_directly(paths, VICTIM, ASSIGNMENT, fixture_notebook(paths, ASSIGNMENT, "correct"))
+    for name in ATTACKS:
+        submit_directly(paths, name, ASSIGNMENT, attack_notebook(paths, name))
+    ours = {r.student: r for r in course.grade(paths, ASSIGNMENT)}
+    os.environ.pop("CICD_CELL_TIMEOUT")
+    return paths, ours
+
+
+def stock_nbgrader(paths, students):
+    """Stock nbgrader: its own class folder and gradebook (out of reach of ours, which its
+    attackers would otherwise find), default preprocessors and settings."""
+    stock_class = paths.repo.parent / "stock" / "class"
+    stock_class.mkdir(parents=True, exist_ok=True)
+    c = Config()
+    c.CourseDirectory.root = str(paths.repo)
+    c.CourseDirectory.source_directory = "solutions"
+    c.CourseDirectory.release_directory = "stock-release"
+    c.CourseDirectory.submitted_directory = str(paths.submitted)
+    c.CourseDirectory.autograded_directory = str(stock_class / "autograded")
+    c.CourseDirectory.db_url = f"sqlite:///{stock_class / 'gradebook.db'}"
+    api = NbGraderAPI(config=c)
+    assert api.generate_assignment(ASSIGNMENT, force=True)["success"]
+    outcomes, scores = {}, {}
+    for s in students:  # each score is read right away: a later attacker may rewrite it
+        outcomes[s] = api.autograde(ASSIGNMENT, s, force=True, create=True)
+        with Gradebook(c.CourseDirectory.db_url) as gb:
+            try:
+                scores[s] = gb.find_submission(ASSIGNMENT, s).score
+            except Exception:
+                scores[s] = None
+    return outcomes, scores, stock_class / "autograded"
+
+
+def test_the_corpus_covers_every_attack_the_issue_names():
+    assert {"input_transformer", "swallow_exceptions", "forged_reports", "only_when_graded",
+            "equal_to_everything", "kills_kernel", "tampers_gradebook", "reads_hidden_tests",
+            "warns_on_stderr", "huge_output_line", "deletes_tests", "infinite_loop",
+            "memory_blowup"} <= set(ATTACKS)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_our_grade_for_each_attack(name, classroom):
+    paths, ours = classroom
+    result = ours[name]
+    assert not result.error, result.error
+    assert result.score == pytest.approx(attack(name).expected_points), f"{name}: {result.reason}"
+    assert ours[VICTIM].score == pytest.approx(FULL), "the victim's grade was changed"
+
+
+def test_stock_nbgrader_falls_for_the_attacks(classroom):
+    """Each cheating case is a real attack: stock nbgrader gets it wrong in the documented way."""
+    paths, _ = classroom
+    stock = {n: attack(n).data["stock"] for n in ATTACKS if attack(n).data["stock"] != "n/a"}
+    outcomes, scores, autograded = stock_nbgrader(paths, [VICTIM] + sorted(stock))
+    assert scores[VICTIM] is not None
+    for name, kind in stock.items():
+        if kind == "full_marks":
+            assert scores[name] == pytest.approx(FULL), f"{name}: stock gave {scores[name]}"
+        elif kind == "some_points":
+            assert scores[name] and scores[name] > 0, f"{name}: stock gave {scores[name]}"
+        elif kind == "crashes":
+            assert not outcomes[name]["success"], f"{name}: stock survived"
+        elif kind == "tampers_gradebook":
+            with Gradebook(f"sqlite:///{autograded.parent / 'gradebook.db'}") as gb:
+                assert gb.find_submission(ASSIGNMENT, VICTIM).score > FULL, "stock gradebook was not tampered"
+        elif kind == "leaks_hidden_tests":
+            text = (autograded / name / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+            assert "LEAKED 0" not in text and "LEAKED" in text
+        elif kind == "correct_loses_points":
+            assert scores[name] < FULL, f"{name}: stock gave {scores[name]}"
+        elif kind == "keeps_huge_output":
+            assert (autograded / name / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").stat().st_size > 20_000_000
+        elif kind == "ungraded":
+            assert not scores[name], f"{name}: stock gave {scores[name]}"
+        else:
+            pytest.fail(f"unknown stock outcome {kind!r} in {name}.json")
+
+
+def test_reasons_say_what_happened(classroom):
+    paths, ours = classroom
+    assert "time limit" in ours["infinite_loop"].reason or any(
+        "time limit" in c.reason for c in ours["infinite_loop"].cells)
+    assert any("kernel died" in c.reason for c in ours["kills_kernel"].cells)
+    assert any("deleted" in n for n in ours["deletes_tests"].notes)
+
+
+@pytest.mark.skipif(isolation_status() != "bubblewrap", reason="needs bubblewrap: " + isolation_status())
+def test_sandbox_hides_the_gradebook_and_the_solutions(classroom):
+    paths, ours = classroom
+    leak = (paths.autograded / "reads_hidden_tests" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+    assert "LEAKED 0 hidden tests" in leak
+    tamper = (paths.autograded / "tampers_gradebook" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+    assert "TAMPERED gradebook" not in tamper and "TAMPERED" in tamper  # the attack ran, found nothing
+    with sqlite3.connect(paths.gradebook) as con:
+        assert con.execute("SELECT count(*) FROM grade WHERE manual_score = 99").fetchone()[0] == 0
+    assert all(r.isolation == "bubblewrap" for r in ours.values())
+
+
+def test_huge_output_is_cut(classroom):
+    paths, _ = classroom
+    graded = paths.autograded / "huge_output_line" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    assert graded.stat().st_size < 1_000_000
+    assert "more characters cut by the grader" in graded.read_text()
+
+
+def hidden_test_lines(paths):
+    source = nbformat.read(paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    lines = []
+    for cell in source.cells:
+        if "BEGIN HIDDEN TESTS" in cell.source:
+            block = cell.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0]
+            lines += [line.strip() for line in block.splitlines() if len(line.strip()) > 20]
+    assert lines, f"{ASSIGNMENT} should have hidden tests"
+    return lines
+
+
+def test_feedback_shows_names_docstrings_and_messages_never_hidden_test_code(classroom):
+    paths, ours = classroom
+    course.feedback(paths, ASSIGNMENT, "input_transformer")
+    html = (paths.feedback / "input_transformer" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    text = html_lib.unescape(html)
+    for line in hidden_test_lines(paths):
+        assert line not in text, f"hidden test code leaked into feedback: {line}"
+    assert "test_rejects_bad_ids" in text or "rejects missing and duplicated learner ids" in text
+    assert "The gate rejects missing and duplicated learner ids" in text  # the docstring
+
+
+def test_stock_feedback_does_leak_hidden_tests(classroom):
+    """Why HideTestSource exists: nbgrader's own feedback prints the hidden tests."""
+    paths, _ = classroom
+    c = Config()
+    c.CourseDirectory.root = str(paths.repo)
+    c.CourseDirectory.source_directory = "solutions"
+    c.CourseDirectory.autograded_directory = str(paths.autograded)
+    c.CourseDirectory.feedback_directory = str(paths.class_dir / "stock-feedback")
+    c.CourseDirectory.db_url = f"sqlite:///{paths.gradebook}"
+    assert NbGraderAPI(config=c).generate_feedback(ASSIGNMENT, VICTIM)["success"]
+    html = html_lib.unescape(
+        (paths.class_dir / "stock-feedback" / VICTIM / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+    assert any(line in html for line in hidden_test_lines(paths))

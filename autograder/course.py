@@ -160,32 +160,33 @@ def stage(paths: ClassPaths, assignment: str, student: str) -> list[str]:
         if (raw / name).is_file():
             shutil.copy2(raw / name, target / name)
     expected = notebooks_of(paths, assignment)
-    handed_in = sorted(p for p in raw.glob("*.ipynb")) if raw.is_dir() else []
-    by_stem = {p.stem: p for p in handed_in}
-    strays = [p for p in handed_in if p.stem not in expected]
-    notes: list[str] = []
+    handed_in = {p.stem: p for p in sorted(raw.glob("*.ipynb"))} if raw.is_dir() else {}
+    strays = [stem for stem in handed_in if stem not in expected]
+    common: list[str] = []
+    if len(expected) == 1 and expected[0] not in handed_in and len(strays) == 1:
+        # One notebook under another name (a "Copy1", a rename): it is the answer.
+        stem = strays.pop()
+        handed_in[expected[0]] = handed_in.pop(stem)
+        common.append(f"{expected[0]}.ipynb was handed in as {stem}.ipynb; it was graded as {expected[0]}.ipynb")
+    common += [f"{stem}.ipynb is not part of this assignment and was not graded" for stem in strays]
+    all_notes = list(common)
     for name in expected:
         skeleton = nbformat.read(paths.release / assignment / f"{name}.ipynb", as_version=4)
-        path = by_stem.get(name)
-        if path is None and len(expected) == 1 and len(strays) == 1:
-            path = strays.pop()
-            notes.append(f"{name}.ipynb was handed in as {path.name}; it was graded as {name}.ipynb")
-        if path is None:
-            nb, problem = None, f"{name}.ipynb was not handed in; it was graded as unanswered"
+        notes = list(common)
+        if name in handed_in:
+            nb, problem = submission.read_submitted(handed_in[name])
         else:
-            nb, problem = submission.read_submitted(path)
-            if problem:
-                problem += "; it was graded as unanswered"
+            nb, problem = None, f"{name}.ipynb was not handed in"
         if problem:
-            notes.append(problem)
+            notes.append(problem + "; it was graded as unanswered")
         graded, repairs = submission.rebuild(skeleton, nb)
-        notes.extend(repairs)
+        notes += repairs
         if notes:
             graded.cells.insert(0, submission.notes_cell(notes))
         nbformat.write(graded, target / f"{name}.ipynb")
-    notes.extend(f"{p.name} is not part of this assignment and was not graded" for p in strays)
-    (target / "grading_notes.json").write_text(json.dumps(notes, indent=1))
-    return notes
+        all_notes += notes[len(common):]
+    (target / "grading_notes.json").write_text(json.dumps(all_notes, indent=1))
+    return all_notes
 
 
 def grade_submission(paths: ClassPaths, assignment: str, student: str) -> SubmissionResult:

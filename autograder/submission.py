@@ -75,7 +75,7 @@ def rebuild(skeleton, submitted) -> tuple[nbformat.NotebookNode, list[str]]:
 
     matched: dict[int, object] = {}
     extras: dict[int, list] = {}  # skeleton index -> learner cells placed after it (-1: before all)
-    anchor, order, recognised = -1, [], 0
+    anchor, order = -1, []
     for cell in submitted.cells:
         index = by_grade_id.get(_key_of(cell)) if _key_of(cell) else None
         if index is None and cell.get("id") in by_cell_id:
@@ -84,11 +84,11 @@ def rebuild(skeleton, submitted) -> tuple[nbformat.NotebookNode, list[str]]:
             matched[index] = cell
             anchor = index
             order.append(index)
-            recognised += 1
         elif cell.get("cell_type") == "code" and str(cell.get("source", "")).strip():
             extras.setdefault(anchor, []).append(cell)
 
-    if recognised == 0:
+    graded_parts = {i for i, c in enumerate(result.cells) if _is_answer(c) or _nbgrader_meta(c).get("grade")}
+    if graded_parts and not graded_parts & matched.keys():
         notes.append("none of the notebook's cells belong to this assignment (is it the notebook of "
                      "another exercise?); it was graded as unanswered")
         return result, notes

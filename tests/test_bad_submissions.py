@@ -1,0 +1,90 @@
+"""Every bad submission is graded with a reason, and the rest of the class is graded too."""
+import json
+import shutil
+
+import nbformat
+import pytest
+
+from autograder import course
+from conftest import fixture_notebook, make_course_copy, submit_directly
+
+A = "ex02_data_gate"
+FULL = 10.0
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    paths = make_course_copy(tmp_path_factory.mktemp("bad"))
+    course.generate(paths, A)
+    correct = fixture_notebook(paths, A, "correct")
+    wrong = fixture_notebook(paths, A, "blank")
+    text = nbformat.writes(correct)
+
+    submit_directly(paths, "good", A, correct)
+    submit_directly(paths, "truncated", A, text[: len(text) // 3])
+    submit_directly(paths, "binary", A, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    submit_directly(paths, "empty", A, b"")
+    submit_directly(paths, "not_a_notebook", A, '{"hello": "world"}')
+
+    missing = paths.submitted / "missing" / A
+    missing.mkdir(parents=True)
+    (missing / "notes.txt").write_text("I forgot the notebook")
+
+    misnamed = submit_directly(paths, "misnamed", A, correct)
+    misnamed.rename(misnamed.with_name(f"{A}-Copy1.ipynb"))
+
+    submit_directly(paths, "extra", A, correct)
+    nbformat.write(wrong, paths.submitted / "extra" / A / "scratch.ipynb")
+
+    edited = fixture_notebook(paths, A, "blank")
+    for cell in edited.cells:
+        if cell.id.startswith("test_"):
+            cell.source = "pass"
+    submit_directly(paths, "edited_tests", A, edited)
+
+    reordered = fixture_notebook(paths, A, "correct")
+    tests = [c for c in reordered.cells if c.id.startswith("test_")]
+    reordered.cells = tests + [c for c in reordered.cells if not c.id.startswith("test_")]
+    submit_directly(paths, "reordered", A, reordered)
+
+    stripped = fixture_notebook(paths, A, "correct")
+    for cell in stripped.cells:
+        cell.metadata = {}
+    submit_directly(paths, "stripped", A, stripped)
+
+    other = nbformat.read(paths.release / "ex03_model_gate" / "ex03_model_gate.ipynb", as_version=4)
+    submit_directly(paths, "other_assignment", A, other)
+
+    return paths, {r.student: r for r in course.grade(paths, A)}
+
+
+@pytest.mark.parametrize("student, points, says", [
+    ("good", FULL, None),
+    ("truncated", 0, "not valid notebook JSON"),
+    ("binary", 0, "not a text file"),
+    ("empty", 0, "is empty"),
+    ("not_a_notebook", 0, "not a notebook"),
+    ("missing", 0, "was not handed in"),
+    ("misnamed", FULL, "was handed in as ex02_data_gate-Copy1.ipynb"),
+    ("extra", FULL, "scratch.ipynb is not part of this assignment"),
+    ("edited_tests", 0, "was edited; the original was put back"),
+    ("reordered", FULL, "cells were moved"),
+    ("stripped", FULL, "lost its grading metadata"),
+    ("other_assignment", 0, "another exercise"),
+])
+def test_bad_submission_is_graded_with_a_reason(graded, student, points, says):
+    paths, results = graded
+    result = results[student]
+    assert not result.error, result.error
+    assert result.score == pytest.approx(points), result.reason
+    if says:
+        assert any(says in note for note in result.notes), result.notes
+        staged = nbformat.read(paths.autograded / student / A / f"{A}.ipynb", as_version=4)
+        assert staged.cells[0].id == "grader-notes" and says in staged.cells[0].source
+
+
+def test_raw_submissions_are_never_modified(graded):
+    paths, _ = graded
+    assert (paths.submitted / "truncated" / A / f"{A}.ipynb").stat().st_size > 0
+    assert (paths.submitted / "misnamed" / A / f"{A}-Copy1.ipynb").exists()
+    assert not (paths.submitted / "misnamed" / A / f"{A}.ipynb").exists()

@@ -1,0 +1,100 @@
+"""An instructor's day, for real: the demo through nbgrader's exchange, regrading, manual grades,
+backups and resuming."""
+import csv
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nbgrader.api import Gradebook
+
+from autograder import course, samples
+from conftest import fixture_notebook, make_course_copy, submit_directly
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_the_whole_day_through_the_exchange(tmp_path):
+    keep = tmp_path / "demo"
+    out = subprocess.run([sys.executable, "-m", "autograder", "demo", "--keep", str(keep)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader((keep / "grades.csv").open()))
+    scores = {(r["student_id"], r["assignment"]): float(r["score"]) for r in rows}
+    for assignment in ("ex02_data_gate", "ex03_model_gate"):
+        expected = {case: samples.load(assignment, case).expected_points for case in ("correct", "partial")}
+        assert scores[("ada", assignment)] == pytest.approx(expected["correct"])
+        assert scores[("grace", assignment)] == pytest.approx(expected["partial"])
+        assert scores[("alan", assignment)] == 0
+        assert scores[("barbara", assignment)] == 0
+        for student in ("ada", "grace", "alan", "barbara"):
+            fetched = list((keep / "students" / student).rglob(f"feedback/*/{assignment}.html"))
+            assert fetched, f"{student} did not receive feedback for {assignment}"
+    assert "not valid notebook JSON" in out.stdout  # the broken notebook's reason is in the table
+    assert str(keep / "grades.csv") in out.stdout
+
+
+def test_demo_refuses_to_overwrite_a_folder(tmp_path):
+    (tmp_path / "taken").mkdir()
+    out = subprocess.run([sys.executable, "-m", "autograder", "demo", "--keep", str(tmp_path / "taken")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "already exists" in out.stderr
+
+
+@pytest.fixture
+def small_class(tmp_path):
+    paths = make_course_copy(tmp_path)
+    course.generate(paths, "ex01_pipeline")
+    for case in ("correct", "partial"):
+        submit_directly(paths, case, "ex01_pipeline", fixture_notebook(paths, "ex01_pipeline", case))
+    return paths
+
+
+def grade_rows(paths):
+    with sqlite3.connect(paths.gradebook) as con:
+        return con.execute("SELECT count(*) FROM grade").fetchone()[0]
+
+
+def test_regrading_is_idempotent_resumes_and_keeps_manual_grades(small_class):
+    paths = small_class
+    first = {r.student: r.score for r in course.grade(paths, "ex01_pipeline")}
+    rows = grade_rows(paths)
+    # The instructor grades the written answer in the formgrader: a manual score.
+    with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
+        manual = [g for g in gb.find_submission("ex01_pipeline", "correct").notebooks[0].grades
+                  if g.auto_score is None]
+        assert manual, "ex01 has a manually graded answer"
+        manual[0].manual_score = 2.5
+        gb.db.commit()
+    # Nothing changed: nothing is regraded, and the manual score is part of the total.
+    again = course.grade(paths, "ex01_pipeline")
+    assert all(r.skipped for r in again)
+    assert {r.student: r.score for r in again} == {"correct": first["correct"] + 2.5, "partial": first["partial"]}
+    # Forced regrade: same autograded points, no duplicate rows, manual score kept.
+    forced = {r.student: r.score for r in course.grade(paths, "ex01_pipeline", force=True)}
+    assert forced == {"correct": first["correct"] + 2.5, "partial": first["partial"]}
+    assert grade_rows(paths) == rows
+    # An interrupted run: one student's state is lost; only that student is graded again.
+    (paths.class_dir / "state" / "ex01_pipeline" / "partial.json").unlink()
+    resumed = {r.student: r for r in course.grade(paths, "ex01_pipeline")}
+    assert resumed["correct"].skipped and not resumed["partial"].skipped
+    assert resumed["partial"].score == first["partial"]
+
+
+def test_every_grading_run_backs_up_the_gradebook(small_class):
+    paths = small_class
+    course.grade(paths, "ex01_pipeline")
+    course.grade(paths, "ex01_pipeline", force=True)
+    backups = sorted((paths.class_dir / "backups").glob("gradebook-*.db"))
+    assert len(backups) >= 1
+    with sqlite3.connect(backups[-1]) as con:
+        assert con.execute("SELECT count(*) FROM grade").fetchone()[0] > 0
+
+
+def test_export_writes_every_student(small_class, tmp_path):
+    paths = small_class
+    course.grade(paths, "ex01_pipeline")
+    target = course.export(paths, tmp_path / "out" / "grades.csv")
+    rows = list(csv.DictReader(target.open()))
+    assert {r["student_id"] for r in rows} == {"correct", "partial"}

@@ -6,10 +6,15 @@ keyed by cell id, and put in front of nbval before it compares. `pytest --update
 records them afresh from a real run; a tagged cell with no recorded output fails.
 """
 import json
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
+
+# Two notebooks run at once on two cores: one BLAS thread each is much faster than both fighting.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 GOLDEN_DIR = Path(__file__).parent / "tests" / "golden"
 CHECK_TAG = "nbval-check-output"

@@ -94,8 +94,9 @@ def release(paths: ClassPaths, assignment: str) -> None:
 
 def collect(paths: ClassPaths, assignment: str) -> list[str]:
     require_assignment(paths, assignment)
+    grader = api(paths)
     _exchange_ok(paths)
-    _checked(api(paths).collect(assignment), f"collecting {assignment}")
+    _checked(grader.collect(assignment), f"collecting {assignment}")
     return students_collected(paths, assignment)
 
 

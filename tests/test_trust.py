@@ -77,7 +77,7 @@ def stock_nbgrader(paths, students):
 
 
 def test_the_corpus_covers_every_attack_the_issue_names():
-    assert {"input_transformer", "swallow_exceptions", "forged_reports", "only_when_graded",
+    assert {"input_transformer", "try_wrapper", "swallow_exceptions", "forged_reports", "only_when_graded",
             "equal_to_everything", "kills_kernel", "tampers_gradebook", "reads_hidden_tests",
             "warns_on_stderr", "huge_output_line", "deletes_tests", "infinite_loop",
             "memory_blowup"} <= set(ATTACKS)
@@ -98,27 +98,34 @@ def test_stock_nbgrader_falls_for_the_attacks(classroom):
     stock = {n: attack(n).data["stock"] for n in ATTACKS if attack(n).data["stock"] != "n/a"}
     outcomes, scores, autograded = stock_nbgrader(paths, [VICTIM] + sorted(stock))
     assert scores[VICTIM] is not None
-    for name, kind in stock.items():
-        if kind == "full_marks":
-            assert scores[name] == pytest.approx(FULL), f"{name}: stock gave {scores[name]}"
-        elif kind == "some_points":
-            assert scores[name] and scores[name] > 0, f"{name}: stock gave {scores[name]}"
-        elif kind == "crashes":
-            assert not outcomes[name]["success"], f"{name}: stock survived"
-        elif kind == "tampers_gradebook":
-            with Gradebook(f"sqlite:///{autograded.parent / 'gradebook.db'}") as gb:
-                assert gb.find_submission(ASSIGNMENT, VICTIM).score > FULL, "stock gradebook was not tampered"
-        elif kind == "leaks_hidden_tests":
-            text = (autograded / name / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
-            assert "LEAKED 0" not in text and "LEAKED" in text
-        elif kind == "correct_loses_points":
-            assert scores[name] < FULL, f"{name}: stock gave {scores[name]}"
-        elif kind == "keeps_huge_output":
-            assert (autograded / name / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").stat().st_size > 20_000_000
-        elif kind == "ungraded":
-            assert not scores[name], f"{name}: stock gave {scores[name]}"
-        else:
-            pytest.fail(f"unknown stock outcome {kind!r} in {name}.json")
+    wrong = [f"{name} ({kind}): {why}" for name, kind in stock.items()
+             if (why := _stock_fell_for(kind, name, outcomes, scores, autograded))]
+    assert not wrong, "stock nbgrader did not fall for: " + "; ".join(wrong)
+
+
+def _stock_fell_for(kind, name, outcomes, scores, autograded):
+    """'' when stock nbgrader got `name` wrong in the way `kind` says, else what it did instead."""
+    graded = autograded / name / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    if kind == "full_marks":
+        return "" if scores[name] == pytest.approx(FULL) else f"gave {scores[name]}"
+    if kind == "also_zero":
+        return "" if not scores[name] else f"gave {scores[name]}"
+    if kind == "crashes":
+        return "" if not outcomes[name]["success"] else "survived"
+    if kind == "tampers_gradebook":
+        with Gradebook(f"sqlite:///{autograded.parent / 'gradebook.db'}") as gb:
+            victim = gb.find_submission(ASSIGNMENT, VICTIM).score
+        return "" if victim > FULL else f"victim still has {victim}"
+    if kind == "leaks_hidden_tests":
+        text = graded.read_text()
+        return "" if "LEAKED" in text and "LEAKED 0" not in text else "found no hidden tests"
+    if kind == "correct_loses_points":
+        return "" if scores[name] < FULL else f"gave {scores[name]}"
+    if kind == "keeps_huge_output":
+        return "" if graded.stat().st_size > 20_000_000 else f"notebook is {graded.stat().st_size} bytes"
+    if kind == "ungraded":
+        return "" if not scores[name] else f"gave {scores[name]}"
+    return f"unknown stock outcome {kind!r}"
 
 
 def test_reasons_say_what_happened(classroom):

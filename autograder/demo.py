@@ -27,6 +27,9 @@ LEARNERS = {"ada": "correct", "grace": "partial", "alan": "blank", "barbara": "b
 def _as_student(paths: ClassPaths, home: Path, student: str, assignment: str, action):
     config = load_course_config(paths)
     config.Exchange.assignment_dir = str(home)
+    # Each learner has their own submission cache, as on their own machine; a shared one would
+    # let every learner fetch everyone's feedback.
+    config.Exchange.cache = str(home / ".nbgrader_cache")
     coursedir = CourseDirectory(config=config)
     coursedir.assignment_id, coursedir.student_id = assignment, student
     app = action(coursedir=coursedir, authenticator=Authenticator(config=config), config=config)

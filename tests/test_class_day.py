@@ -30,7 +30,7 @@ def test_demo_runs_the_whole_day_through_the_exchange(tmp_path):
         assert scores[("barbara", assignment)] == 0
         for student in ("ada", "grace", "alan", "barbara"):
             fetched = list((keep / "students" / student).rglob(f"feedback/*/{assignment}.html"))
-            assert fetched, f"{student} did not receive feedback for {assignment}"
+            assert len(fetched) == 1, f"{student} should receive exactly their own feedback for {assignment}: {fetched}"
     assert "not valid notebook JSON" in out.stdout  # the broken notebook's reason is in the table
     assert str(keep / "grades.csv") in out.stdout
 

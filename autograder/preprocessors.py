@@ -22,6 +22,7 @@ from . import reports
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 VERDICT_ERROR = "CheckFailed"
+_FLOOD_NOTE = "\n… [the rest of this cell's output was dropped by the grader: too much output]\n"
 
 
 def _error_output(ename: str, evalue: str) -> NotebookNode:
@@ -60,9 +61,22 @@ class GuardedExecute(Execute):
             nb.metadata.setdefault("cicd_grading", {})["incident"] = message
             return nb, resources
 
+    max_output_bytes = Integer(2_000_000, help="Output kept per cell while it runs; the rest is dropped").tag(config=True)
+
     def preprocess_cell(self, cell, resources, index):
         self._running_cell = index
+        self._output_bytes = 0
         return super().preprocess_cell(cell, resources, index)
+
+    def output(self, outs, msg, display_id, cell_index):
+        # A flood of output must not fill the grader's memory: stop keeping it past the cap.
+        if msg["msg_type"] != "error":
+            self._output_bytes += len(json.dumps(msg.get("content", {}), default=str))
+            if self._output_bytes > self.max_output_bytes:
+                if not outs or outs[-1].get("text") != _FLOOD_NOTE:
+                    outs.append(NotebookNode(output_type="stream", name="stdout", text=_FLOOD_NOTE))
+                return None
+        return super().output(outs, msg, display_id, cell_index)
 
 
 def _incident(err: Exception) -> str:

@@ -36,6 +36,7 @@ class Limits:
     cpu_seconds: int = 300
     file_bytes: int = 200 * 1024**2
     processes: int = 256
+    scratch_bytes: int = 512 * 1024**2  # each of /tmp and /dev/shm, which live in memory
 
 
 @dataclass
@@ -59,7 +60,8 @@ class Sandbox:
         if not as_root:
             cmd.append("--unshare-user")
         cmd += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-                "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]
+                "--perms", "1777", "--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
+                "--perms", "1777", "--size", str(self.limits.scratch_bytes), "--tmpfs", "/dev/shm"]
         hidden = sorted({str(Path(p).resolve()) for p in [*self.hide, "/root", "/home"] if Path(p).exists()}, key=len)
         for path in hidden:
             cmd += ["--tmpfs", path]
@@ -97,8 +99,8 @@ class Sandbox:
 
 def _python_roots() -> set[str]:
     """Folders the kernel's interpreter needs: the environment and the base installation."""
-    roots = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    return {str(Path(r).resolve()) for r in roots if r}
+    roots = {Path(r).resolve() for r in (sys.prefix, sys.base_prefix, Path(os.path.realpath(sys.executable)).parent) if r}
+    return {str(r) for r in roots if not any(r != other and r.is_relative_to(other) for other in roots)}
 
 
 @functools.lru_cache(maxsize=1)

@@ -79,3 +79,31 @@ def pytest_configure(config):
     if not getattr(nbval_plugin, "_golden_hooks", False):
         _install_golden_hooks(nbval_plugin)
         nbval_plugin._golden_hooks = True
+
+
+# --- the suite leaves the repository as it found it ---------------------------------------
+# Lessons and exercises may write only to temporary or git-ignored folders. The controller
+# process compares `git status` before and after the run; a new change fails the session.
+
+def _repo_changes():
+    import subprocess
+    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=Path(__file__).parent,
+                          capture_output=True, text=True)
+    return set(done.stdout.splitlines()) if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):
+        session.config._repo_changes_before = _repo_changes()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_repo_changes_before", None)
+    if before is None or session.config.getoption("--update-golden"):
+        return
+    added = sorted((_repo_changes() or set()) - before)
+    if added:
+        session.config.get_terminal_writer().line(
+            "FAILED: the test run wrote into the repository (lessons and exercises may write only to "
+            "temporary or git-ignored folders):\n  " + "\n  ".join(added), red=True)
+        session.exitstatus = 1

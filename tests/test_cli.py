@@ -121,3 +121,22 @@ def test_check_fails_an_unanswered_exercise_and_passes_the_reference(tmp_path):
     good = run("check", str(folder / "ex02_data_gate.ipynb"))
     assert good.returncode == 0, good.stdout + good.stderr
     assert " 0 failed" in good.stdout
+
+
+def test_nbgrader_own_command_line_uses_the_course_config(tmp_path):
+    """Instructors may also call `nbgrader` directly from the repository root (the root
+    nbgrader_config.py loads autograder/nbgrader_config.py)."""
+    import os
+    import shutil
+    root = tmp_path / "repo"
+    for folder in ("solutions/ex01_pipeline", "autograder"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "nbgrader_config.py", root / "nbgrader_config.py")
+    env = {**os.environ, "CICD_CLASS_DIR": str(tmp_path / "class"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", "ex01_pipeline",
+                          "--force"], cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    made = root / "course" / "ex01_pipeline" / "ex01_pipeline.ipynb"
+    assert made.read_bytes() == (REPO / "course" / "ex01_pipeline" / "ex01_pipeline.ipynb").read_bytes()
+    assert (tmp_path / "class" / "gradebook.db").is_file(), "the gradebook belongs in the class folder"

@@ -87,9 +87,14 @@ def test_fixture_submission_gets_its_expected_points(assignment, case, graded_fi
 def test_fixture_corpus_covers_right_blank_partial_and_wrong(assignment, graded_fixtures):
     cases = samples.cases(assignment)
     assert {"correct", "blank", "partial"} <= set(cases)
-    wrong = [c for c in cases if c not in ("correct", "blank", "partial")]
+    # correct and correct_* are right answers written in different styles: each must get full marks.
+    right = [c for c in cases if c == "correct" or c.startswith("correct_")]
+    wrong = [c for c in cases if c not in right and c not in ("blank", "partial")]
     assert len(wrong) >= 3, "at least three plausible wrong answers per assignment"
     paths, results = graded_fixtures(assignment)
     assert results["correct"].score > 0 and results["blank"].score == 0
+    for case in right:
+        assert results[case].score == pytest.approx(results["correct"].score), (
+            f"{case} is a right answer and should get full marks, like correct")
     for case in wrong + ["partial"]:
         assert results[case].score < results["correct"].score, f"{case} should lose points"

@@ -15,6 +15,7 @@ Grade the CI/CD for Models course with nbgrader. An instructor's day:
   grade ASSIGNMENT       autograde the class (or one --student), with reasons per student
   feedback ASSIGNMENT    write feedback (tests hidden) and hand it back through the exchange
   export                 write every grade to a CSV file
+  handout DEST           write the learner's copy (lessons, data, released exercises; no solutions)
 
 and for learners and newcomers:
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", help="write all grades to a CSV file")
     p.add_argument("--to", type=Path, default=Path("grades.csv"), help="CSV path (default: grades.csv)")
     _common(p)
+    p = verbs.add_parser("handout", help="write the learner's copy of the course: lessons, data, released "
+                         "exercises and the self-check; no solutions, hidden tests or fixtures")
+    p.add_argument("destination", type=Path, help="a new folder (it must not exist, or be empty)")
     p = verbs.add_parser("check", help="learner's self-check: run the visible tests of a notebook")
     p.add_argument("notebook", type=Path)
     p = verbs.add_parser("demo", help="release, submit, collect, grade, feedback and export sample submissions")
@@ -98,6 +102,13 @@ def _run(args) -> int:
         if not failed:
             print("The visible tests pass. Hidden tests will probe edge cases when your work is graded.")
         return 1 if failed else 0
+    if args.verb == "handout":
+        from .handout import build
+        held = build(args.destination)
+        print(f"learner's copy written to {args.destination}: "
+              + ", ".join(f"{count} {what}" for what, count in held.items())
+              + "; no solutions, hidden tests, sample submissions or class folder")
+        return 0
     if args.verb == "demo":
         from .demo import run_demo
         return run_demo(args.keep)

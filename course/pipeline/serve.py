@@ -4,6 +4,7 @@
     python course/pipeline/serve.py record-golden MODEL_DIR --batch CSV [--rows 50]
     python course/pipeline/serve.py --registry DIR golden-check --version N [--evidence FILE]
     python course/pipeline/serve.py --registry DIR compare --version N --data-source DIR [--evidence FILE]
+    python course/pipeline/serve.py --registry DIR check --version N --data-source DIR [--evidence FILE]
 
 Exit codes: 0 passed, 1 a check failed, 2 bad input or usage.
 
@@ -190,6 +191,11 @@ def main(argv=None) -> int:
     gol = sub.add_parser("golden-check", help="exit 1 unless the serving path reproduces the golden batch")
     gol.add_argument("--version", type=int, required=True)
     gol.add_argument("--evidence", type=Path, default=None)
+    both = sub.add_parser("check", help="golden-check and compare in one process (what the promote job runs)")
+    both.add_argument("--version", type=int, required=True)
+    both.add_argument("--data-source", type=Path, required=True)
+    both.add_argument("--margin", type=float, default=MARGIN)
+    both.add_argument("--evidence", type=Path, default=None)
     com = sub.add_parser("compare", help="exit 1 if the version may be worse than @champion (paired bootstrap)")
     com.add_argument("--version", type=int, required=True)
     com.add_argument("--data-source", type=Path, required=True)
@@ -209,17 +215,19 @@ def main(argv=None) -> int:
             path = record_golden(args.model_dir, pd.read_csv(args.batch), args.rows)
             print(f"recorded {args.rows} golden rows in {path.name}")
             return 0
-        if args.command == "golden-check":
-            result = golden_batch_check(registry, args.version)
-            _merge_evidence(args.evidence, "golden_batch", result)
-        else:
-            result = compare(registry, args.version, args.data_source, args.margin)
-            _merge_evidence(args.evidence, "vs_champion", result)
+        results = {}
+        if args.command in ("golden-check", "check"):
+            results["golden_batch"] = golden_batch_check(registry, args.version)
+        if args.command in ("compare", "check"):
+            results["vs_champion"] = compare(registry, args.version, args.data_source, args.margin)
     except (RegistryError, OSError, ValueError, KeyError) as err:
         print(f"serve: {err}", file=sys.stderr)
         return 2
-    print(result["detail"], file=sys.stdout if result["passed"] else sys.stderr)
-    return 0 if result["passed"] else 1
+    for name, result in results.items():
+        _merge_evidence(args.evidence, name, result)
+        print(f"{name}: {'passed' if result['passed'] else 'FAILED'}: {result['detail']}",
+              file=sys.stdout if result["passed"] else sys.stderr)
+    return 0 if all(result["passed"] for result in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ class Registry:
             else:
                 problem = None
             if problem:
-                raise PromotionRefused(f"@{alias} stays on v{before['aliases'].get(alias)}: {problem}")
+                current = before["aliases"].get(alias)
+                raise PromotionRefused(f"@{alias} stays on {f'v{current}' if current else '(unset)'}: {problem}")
             self.verify(version)
             state = json.loads(json.dumps(before))
             previous = state["aliases"].get(alias)
@@ -243,7 +244,7 @@ class Registry:
             else:
                 problem = None
             if problem:
-                raise PromotionRefused(f"@{alias} stays on v{current}: {problem}")
+                raise PromotionRefused(f"@{alias} stays on {f'v{current}' if current else '(unset)'}: {problem}")
             self.verify(target)  # an altered or missing artifact stops the rollback, not production
             state = json.loads(json.dumps(before))
             self._move(state, alias, target, action="rollback", by=by, at=at or _now(), reason=reason.strip(),

@@ -695,7 +695,7 @@ def simulate(workflow, event: str, snapshot=None, approve=False, *, inputs: dict
         context = {
             "github": {"event_name": event, "ref": pull if event == "pull_request" else ref,
                        "sha": f"{run_id:040x}", "run_id": run_id, "run_number": run_id - 1000,
-                       "workflow": workflow.get("name", "workflow"), "actor": "simulated-reviewer",
+                       "workflow": workflow.get("name", "workflow"), "actor": "simulated-user",
                        "repository": "course/cicd-for-models"},
             "inputs": given if event == "workflow_dispatch" else {},
             "vars": {"DATA_SOURCE": str(data_source), "MODEL_REGISTRY": str(registry)},
@@ -704,7 +704,7 @@ def simulate(workflow, event: str, snapshot=None, approve=False, *, inputs: dict
         (scratch / "runner-temp").mkdir()
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("GITHUB_")}
         base_env.update(CI="true", GITHUB_ACTIONS="true", GITHUB_EVENT_NAME=event, GITHUB_SHA=context["github"]["sha"],
-                        GITHUB_RUN_ID=str(run_id), GITHUB_ACTOR="simulated-reviewer", GITHUB_REF=context["github"]["ref"],
+                        GITHUB_RUN_ID=str(run_id), GITHUB_ACTOR="simulated-user", GITHUB_REF=context["github"]["ref"],
                         RUNNER_TEMP=context["runner"]["temp"],
                         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")

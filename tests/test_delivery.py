@@ -152,6 +152,19 @@ def test_pull_request_runs_the_smoke_path_only(model_ci, tmp_path):
 
 # ---- the registry and the serving path ------------------------------------------------------
 
+def test_comparison_uses_the_rows_the_model_was_evaluated_on(delivery):
+    # serve.compare rebuilds the held-out rows from the metadata; they must be ci_model.py's own.
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    registry = delivery["registry"]
+    model, metadata, _ = serve.load(registry, version=1)
+    rows = serve.held_out_rows(metadata, pd.read_csv(delivery["source"] / metadata["data"]["file"]))
+    assert len(rows) == round(metadata["data"]["rows"] * metadata["split"]["test_size"])
+    assert f1_score(rows[metadata["label"]], serve.score(model, metadata, rows)) == pytest.approx(
+        metadata["metrics"]["f1"], abs=1e-12)
+
+
 def test_refused_promotion_leaves_registry_json_unchanged(delivery):
     registry = delivery["registry"]
     before = registry.state_file.read_bytes()
@@ -186,7 +199,8 @@ def test_registry_cli_exit_codes(delivery, tmp_path):
 
     before = delivery["registry"].state_file.read_bytes()
     assert cli("promote", "2", "--by", "ana", "--reason", "") == 1
-    assert cli("promote", "9", "--by", "ana", "--reason", "x") == 1
+    assert cli("promote", "9", "--by", "ana", "--reason", "x") == 2
+    assert cli("rollback", "--to", "9", "--by", "sam", "--reason", "x") == 2
     assert cli("register", str(tmp_path / "nowhere"), "--by", "ci") == 2
     assert delivery["registry"].state_file.read_bytes() == before
 

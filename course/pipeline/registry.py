@@ -198,8 +198,8 @@ class Registry:
             failed = [f"{check}: {result.get('detail', 'failed')}" for check, result in evidence.items()
                       if not result.get("passed")]
             if record is None:
-                problem = f"v{version} is not registered"
-            elif before["aliases"].get(alias) == version:
+                raise RegistryError(f"{self.name} has no version {version}; registered: {sorted(map(int, before['versions']))}")
+            if before["aliases"].get(alias) == version:
                 problem = f"v{version} is already @{alias}"
             elif not record["gate_passed"]:
                 problem = f"v{version} failed its evaluation gate at training time"
@@ -234,7 +234,7 @@ class Registry:
             elif target is None:
                 problem = f"@{alias} has no earlier version to return to"
             elif str(target) not in before["versions"]:
-                problem = f"v{target} is not registered"
+                raise RegistryError(f"{self.name} has no version {target}; registered: {sorted(map(int, before['versions']))}")
             elif target == current:
                 problem = f"v{target} is already @{alias}"
             elif not before["versions"][str(target)]["gate_passed"]:

@@ -39,7 +39,8 @@ PROTECTED_ENVIRONMENTS = {"production"}
 def load(source) -> dict:
     """A workflow as a dict from a path or YAML text. PyYAML (YAML 1.1) reads the key `on:` as
     the boolean True; GitHub reads the string "on". Both spellings end up under "on"."""
-    text = Path(source).read_text() if isinstance(source, Path) or "\n" not in str(source) else source
+    is_text = isinstance(source, str) and ("\n" in source or not source.endswith((".yml", ".yaml")))
+    text = source if is_text else Path(source).read_text()
     workflow = yaml.safe_load(text)
     if not isinstance(workflow, dict) or not isinstance(workflow.get("jobs"), dict):
         raise ValueError("not a workflow: the file has no `jobs:` mapping")

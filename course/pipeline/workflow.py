@@ -610,7 +610,8 @@ def _run_job(name, job, workflow, context, workspace: Path, store: Path, base_en
             action = str(step["uses"]).split("@")[0]
             step_with = {k: substitute(v, step_context) for k, v in (step.get("with") or {}).items()}
             if action in ("actions/checkout", "actions/setup-python", "actions/cache"):
-                code, said = 0, f"{action}: provided by the simulator"
+                result.steps.append((label, "provided", None))  # the copied checkout and this Python
+                continue
             elif action == "actions/upload-artifact":
                 code, said = _upload(step_with, workspace, store)
             elif action == "actions/download-artifact":
@@ -621,7 +622,7 @@ def _run_job(name, job, workflow, context, workspace: Path, store: Path, base_en
         else:
             script = substitute(step["run"], step_context)
             if re.fullmatch(r"\s*python -m pip install [^\n;&|]*\s*", script):
-                result.steps.append((label, "skipped: packages already installed", None))
+                result.steps.append((label, "provided", None))  # this Python already has the packages
                 continue
             shell = step.get("shell") or shell_default
             options = {"bash": ["bash", "--noprofile", "--norc", "-eo", "pipefail"], None: ["bash", "-e"]}.get(shell)

@@ -290,3 +290,18 @@ def test_expressions_follow_github_rules():
     assert workflow.load("on: push\njobs: {a: {}}\n")["on"] == "push"  # YAML 1.1 reads `on` as True
     with pytest.raises(ValueError):
         workflow.evaluate("github.event_name = 'push'", context)
+
+
+def test_malformed_workflows_get_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="job `train` is not a mapping"):
+        workflow.load("on: push\njobs:\n  train:\n")
+    with pytest.raises(ValueError, match="steps"):
+        workflow.load("on: push\njobs:\n  train:\n    steps: python train.py\n")
+    with pytest.raises(ValueError, match="does not define"):
+        workflow.simulate({"on": {"push": None}, "jobs": {"train": {"needs": "gate", "steps": []}}}, "push",
+                          scratch_dir=tmp_path)
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  train:\n")
+    done = subprocess.run([sys.executable, str(PIPELINE / "workflow.py"), "lint", str(broken)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "not a mapping" in done.stderr and len(done.stderr.splitlines()) == 1

@@ -46,6 +46,12 @@ def load(source) -> dict:
         raise ValueError("not a workflow: the file has no `jobs:` mapping")
     if True in workflow:
         workflow["on"] = workflow.pop(True)
+    for name, job in workflow["jobs"].items():
+        if not isinstance(job, dict):
+            raise ValueError(f"job `{name}` is not a mapping: give it `runs-on:` and `steps:`")
+        steps = job.get("steps") or []
+        if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+            raise ValueError(f"job `{name}`: `steps:` must be a list of `- run: ...` or `- uses: ...` items")
     return workflow
 
 
@@ -676,6 +682,9 @@ def simulate(workflow, event: str, snapshot=None, approve=False, *, inputs: dict
     The run's scratch folder (under `scratch_dir`, default the system's temporary folder) is
     removed when the run is over; a waiting run keeps it until `approve()` or `discard()`."""
     workflow = load(workflow) if not isinstance(workflow, dict) else workflow
+    unknown = {need for job in workflow["jobs"].values() for need in needs_of(job)} - set(workflow["jobs"])
+    if unknown:
+        raise ValueError(f"jobs need {sorted(unknown)}, which the workflow does not define; run lint() first")
     if event not in triggers(workflow):
         raise ValueError(f"the workflow is not triggered by {event!r}; it listens to {sorted(triggers(workflow))}")
     scratch = Path(tempfile.mkdtemp(prefix="simulated-run-", dir=scratch_dir))

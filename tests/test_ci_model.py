@@ -68,6 +68,7 @@ def runs(tmp_path_factory):
         "bad-floor": ["--data", CLEAN, "--min-f1", "1.5"],
         "both-modes": ["--data", CLEAN, "--smoke", "--full"],
         "occupied-out": ["--data", CLEAN, "--model-out", "occupied"],
+        "data-only-with-out": ["--data", CLEAN, "--check-data-only", "--model-out", "out-data-only"],
         "unwritable-out": ["--data", CLEAN, "--model-out", root / "a-file" / "out"],
         "unwritable-metrics": ["--data", BROKEN[0], "--metrics", root / "a-file" / "m.json"],
         "broken-env": ["--data", CLEAN, "--model-out", "out-broken-env"],
@@ -238,7 +239,8 @@ def test_each_broken_snapshot_is_refused_before_training(runs, path):
 @pytest.mark.parametrize("case, words", [("no-data-option", "--data"),
                                          ("bad-floor", "--min-f1 must lie in [0, 1]"),
                                          ("both-modes", "not allowed with argument"),
-                                         ("occupied-out", "never overwritten")])
+                                         ("occupied-out", "never overwritten"),
+                                         ("data-only-with-out", "--check-data-only trains no model")])
 def test_usage_errors_exit_2(runs, case, words):
     done = runs[case]
     assert done.returncode == 2, said(done)

@@ -111,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--C must be a positive number, got {args.C}")
     if args.max_iter < 1:
         parser.error(f"--max-iter must be at least 1, got {args.max_iter}")
+    if args.check_data_only and args.model_out is not None:
+        parser.error("--check-data-only trains no model, so --model-out would stay empty: "
+                     "drop one of them")
     if args.model_out is not None:
         present = [name for name in ARTIFACTS if (args.model_out / name).exists()]
         if present:

@@ -22,7 +22,9 @@ SKIPPED_NAMES = (".ipynb_checkpoints", "__pycache__", ".scratch", "*.pyc")
 # Files that exist only for maintainers: the data generator writes hashes the learner never needs.
 SKIPPED_FILES = ("data/generate.py",)
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+WINDOW = 3  # consecutive hidden-test lines that make a leak outside the exercises
 _HIDDEN_BLOCK = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+_ANY_BLOCK = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n.*?### END \1", re.S)
 
 LEARNER_README = """\
 # CI/CD for Models: your copy
@@ -54,40 +56,74 @@ def _readable_text(path: Path) -> str | None:
     return text
 
 
-def hidden_test_lines(repo: Path = REPO) -> set[str]:
-    """Lines of the hidden-test blocks in solutions/ that a learner must never see: long enough
-    to be telling (short ones such as `assert ok` recur legitimately) and not also in the
-    released notebook's visible tests. Solution code is not among them: lessons teach code much
-    like it, on purpose."""
-    lines = set()
+def _hidden_blocks(repo: Path) -> dict[str, tuple[list[list[str]], set[str]]]:
+    """Per assignment: its hidden-test blocks (lists of stripped, non-blank lines), and the lines
+    of its source notebook outside any hidden-test or solution block, which learners see anyway."""
+    found: dict[str, tuple[list[list[str]], set[str]]] = {}
     for source in sorted((repo / "solutions").glob("*/*.ipynb")):
-        hidden = set()
+        blocks, visible = [], set()
         for cell in json.loads(source.read_text(encoding="utf-8")).get("cells", []):
-            for block in _HIDDEN_BLOCK.findall("".join(cell.get("source", []))):
-                hidden.update(line.strip() for line in block.splitlines() if len(line.strip()) > 25)
-        released = repo / "course" / source.parent.name / source.name
-        visible = _readable_text(released) if released.is_file() else ""
-        lines |= hidden - {line.strip() for line in (visible or "").splitlines()}
+            text = "".join(cell.get("source", []))
+            for block in _HIDDEN_BLOCK.findall(text):
+                blocks.append([line.strip() for line in block.splitlines() if line.strip()])
+            visible |= {line.strip() for line in _ANY_BLOCK.sub("", text).splitlines()}
+        found[source.parent.name] = (blocks, visible)
+    return found
+
+
+def hidden_test_lines(repo: Path = REPO) -> set[str]:
+    """Single lines of the hidden-test blocks that a released exercise must never contain: long
+    enough to be telling (short ones such as `assert ok` recur legitimately) and not also among
+    that exercise's visible part."""
+    lines = set()
+    for blocks, visible in _hidden_blocks(repo).values():
+        lines |= {line for block in blocks for line in block if len(line) > 25} - visible
     return lines
 
 
-def leaks_in(folder: Path, secrets: set[str]) -> list[str]:
-    """Files of `folder` with a solution or hidden-test marker in a notebook, or a hidden-test
-    line anywhere, each with what was found."""
+def hidden_test_windows(repo: Path = REPO, width: int = WINDOW) -> set[tuple[str, ...]]:
+    """Every run of `width` consecutive lines of a hidden-test block that is telling (two of its
+    lines longer than 25 characters) and not all visible tests too. Lessons and shipped code may
+    share an idiomatic line or two with a hidden test (`warnings.simplefilter("always")`), never
+    a run of telling lines: that is a pasted test."""
+    windows = set()
+    for blocks, visible in _hidden_blocks(repo).values():
+        for block in blocks:
+            for i in range(len(block) - width + 1):
+                window = tuple(block[i:i + width])
+                if sum(len(line) > 25 for line in window) >= 2 and not set(window) <= visible:
+                    windows.add(window)
+    return windows
+
+
+def _windows_of(text: str, width: int = WINDOW) -> set[tuple[str, ...]]:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return {tuple(lines[i:i + width]) for i in range(len(lines) - width + 1)}
+
+
+def leaks_in(folder: Path, repo: Path = REPO) -> list[str]:
+    """Files of `folder` that leak a hidden test, each with what was found: a solution or
+    hidden-test marker in a notebook, a hidden-test line in a released exercise, or a run of
+    hidden-test lines anywhere."""
+    lines, windows = hidden_test_lines(repo), hidden_test_windows(repo)
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        decoded = _readable_text(path)
-        if decoded is None:
+        text = _readable_text(path)
+        if text is None:
             continue
+        where = path.relative_to(folder)
         # Markers matter in notebooks; the autograder's own code names them, harmlessly.
-        marker = next((m for m in MARKERS if m in decoded), None) if path.suffix == ".ipynb" else None
+        marker = next((m for m in MARKERS if m in text), None) if path.suffix == ".ipynb" else None
+        in_exercise = path.suffix == ".ipynb" and any(part.startswith("ex") for part in where.parts[:-1])
+        present = ({line.strip() for line in text.splitlines()} & lines) if in_exercise else set()
+        pasted = _windows_of(text) & windows
         if marker:
-            found.append(f"{path.relative_to(folder)}: contains '{marker}'")
-            continue
-        present = {line.strip() for line in decoded.splitlines()} & secrets
-        if present:
-            found.append(f"{path.relative_to(folder)}: contains {len(present)} hidden-test line(s), "
-                         f"e.g. {sorted(present)[0]!r}")
+            found.append(f"{where}: contains '{marker}'")
+        elif present:
+            found.append(f"{where}: contains {len(present)} hidden-test line(s), e.g. {sorted(present)[0]!r}")
+        elif pasted:
+            found.append(f"{where}: contains {len(pasted)} run(s) of hidden-test lines, "
+                         f"e.g. {' / '.join(sorted(pasted)[0])!r}")
     return found
 
 
@@ -111,7 +147,7 @@ def build(destination: Path, repo: Path = REPO) -> dict[str, int]:
         shutil.rmtree(destination, ignore_errors=True)
         raise AutograderError(f"could not write the learner's copy to {destination} ({err.strerror}); "
                               "choose a folder you can write to") from None
-    leaks = leaks_in(destination, hidden_test_lines(repo))
+    leaks = leaks_in(destination, repo)
     if leaks:
         shutil.rmtree(destination, ignore_errors=True)
         raise AutograderError("the learner's copy would leak solutions, so it was not written: "

@@ -36,28 +36,39 @@ def test_the_copy_holds_lessons_data_exercises_and_the_self_check(learner_copy):
 def test_the_copy_holds_no_solutions_hidden_tests_or_fixtures(learner_copy):
     names = {part for p in learner_copy.rglob("*") for part in p.relative_to(learner_copy).parts}
     assert not names & {"solutions", "tests", "fixtures", "class", ".git", "generate.py"}, names
-    secrets = handout.hidden_test_lines(REPO)
-    assert len(secrets) > 100, "the hidden-test lines were not found, so the check below proves nothing"
+    lines, windows = handout.hidden_test_lines(REPO), handout.hidden_test_windows(REPO)
+    assert len(lines) > 100 and len(windows) > 100, "hidden tests were not found, so the checks below prove nothing"
     for notebook in learner_copy.rglob("*.ipynb"):
         text = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
         assert "BEGIN HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text, notebook
-        assert not {line.strip() for line in text.splitlines()} & secrets, f"{notebook} holds a hidden-test line"
+    for exercise in learner_copy.glob("course/ex*/*.ipynb"):
+        text = "\n".join("".join(c["source"]) for c in json.loads(exercise.read_text())["cells"])
+        assert not {line.strip() for line in text.splitlines()} & lines, f"{exercise} holds a hidden-test line"
+    assert handout.leaks_in(learner_copy, REPO) == []
 
 
-def test_a_copy_that_would_leak_a_hidden_test_is_refused_and_not_left_behind(tmp_path):
+def _append_cell(notebook: Path, source: str) -> None:
+    nb = json.loads(notebook.read_text())
+    nb["cells"].append({"cell_type": "code", "id": "planted", "metadata": {}, "outputs": [],
+                        "execution_count": None, "source": source})
+    notebook.write_text(json.dumps(nb))
+
+
+@pytest.mark.parametrize("where", ["lesson", "exercise"])
+def test_a_copy_that_would_leak_a_hidden_test_is_refused_and_not_left_behind(tmp_path, where):
     repo = tmp_path / "repo"
     for folder in handout.INCLUDED + ("solutions",):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    leaked_line = sorted(handout.hidden_test_lines(REPO))[0]
-    lesson = repo / "course" / "00_start_here.ipynb"
-    nb = json.loads(lesson.read_text())
-    nb["cells"].append({"cell_type": "code", "id": "leak", "metadata": {}, "outputs": [],
-                        "execution_count": None, "source": [leaked_line + "\n"]})
-    lesson.write_text(json.dumps(nb))
+    if where == "lesson":  # a run of hidden-test lines pasted into a lesson
+        target = repo / "course" / "00_start_here.ipynb"
+        _append_cell(target, "\n".join(sorted(handout.hidden_test_windows(REPO))[0]))
+    else:  # one hidden-test line that reached a released exercise
+        target = repo / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb"
+        _append_cell(target, sorted(handout.hidden_test_lines(REPO))[0])
     destination = tmp_path / "copy"
     with pytest.raises(AutograderError, match="would leak") as refused:
         handout.build(destination, repo)
-    assert "00_start_here.ipynb" in str(refused.value)
+    assert target.name in str(refused.value)
     assert not destination.exists(), "a refused copy must not be left half-written"
 
 

@@ -15,6 +15,7 @@ Grade the CI/CD for Models course with nbgrader. An instructor's day:
   grade ASSIGNMENT       autograde the class (or one --student), with reasons per student
   feedback ASSIGNMENT    write feedback (tests hidden) and hand it back through the exchange
   export                 write every grade to a CSV file
+  lint ASSIGNMENT        prove every test cell tells right from wrong (release does it too)
 
 and for learners and newcomers:
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = verbs.add_parser("export", help="write all grades to a CSV file")
     p.add_argument("--to", type=Path, default=Path("grades.csv"), help="CSV path (default: grades.csv)")
+    _common(p)
+    p = verbs.add_parser("lint", help="run negative controls: refuse test cells a worthless answer passes")
+    p.add_argument("assignment")
     _common(p)
     p = verbs.add_parser("check", help="learner's self-check: run the visible tests of a notebook")
     p.add_argument("notebook", type=Path)
@@ -104,7 +108,8 @@ def _run(args) -> int:
 
     paths = ClassPaths.resolve(args.class_dir, args.exchange)
     if args.verb == "release":
-        course.release(paths, args.assignment)
+        for finding in course.release(paths, args.assignment):
+            print(finding, file=sys.stderr)
         print(f"released {args.assignment}: course/{args.assignment}/ regenerated, published to {paths.exchange}")
     elif args.verb == "collect":
         students = course.collect(paths, args.assignment)
@@ -122,6 +127,16 @@ def _run(args) -> int:
         print("\n".join(str(f) for f in files))
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
+    elif args.verb == "lint":
+        from .lint import lint_assignment
+        findings = lint_assignment(paths, args.assignment)
+        for finding in findings:
+            print(finding)
+        errors = sum(f.severity == "error" for f in findings)
+        print(f"{args.assignment}: {errors} test cell(s) a worthless answer passes, "
+              f"{len(findings) - errors} warning(s)" if findings else f"{args.assignment}: every test cell "
+              "tells right from wrong (blank release and forged stub answers fail it)")
+        return 1 if errors else 0
     elif args.verb == "export":
         print(f"grades written to {course.export(paths, args.to)}")
     return 0

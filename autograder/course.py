@@ -82,14 +82,20 @@ def generate(paths: ClassPaths, assignment: str) -> None:
     _checked(api(paths).generate_assignment(assignment, force=True), f"generating {assignment}")
 
 
-def release(paths: ClassPaths, assignment: str) -> None:
-    """Generate the student version, compute the reference results, publish to the exchange."""
+def release(paths: ClassPaths, assignment: str) -> list:
+    """Generate the student version, compute the reference results, prove with negative controls
+    that every test cell tells right from wrong (autograder.lint), publish to the exchange.
+    Returns the warnings of the check (forgeable assert-only cells); refuses on its errors."""
+    from . import lint
     generate(paths, assignment)
     prepare_reference(paths, assignment)
+    findings = lint.lint_assignment(paths, assignment)
+    lint.refuse_if_forgeable(findings, assignment)
     _exchange_ok(paths)
     grader = api(paths)
     grader.unrelease(assignment)  # releasing again replaces the old copy instead of failing
     _checked(grader.release_assignment(assignment), f"releasing {assignment}")
+    return findings
 
 
 def collect(paths: ClassPaths, assignment: str) -> list[str]:

@@ -135,12 +135,16 @@ class DecideVerdicts(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         info = resources["nbgrader"]
         path = Path(self.reference_dir) / info["assignment"] / f"{info['notebook']}.json"
-        expected = json.loads(path.read_text())["cells"]
+        stored = json.loads(path.read_text())
+        expected, stock = stored["cells"], set(stored.get("stock_cells", []))
         incident = nb.metadata.get("cicd_grading", {}).get("incident", "")
         for cell in nb.cells:
             if not reports.is_grade_cell(cell):
                 continue
-            verdict = reports.decide(cell, expected.get(reports.grade_id(cell)), incident)
+            if reports.grade_id(cell) in stock:
+                verdict = reports.decide_stock(cell, incident)
+            else:
+                verdict = reports.decide(cell, expected.get(reports.grade_id(cell)), incident)
             # Only displays survive: stderr (warnings) costs nothing, and an execute_result can no
             # longer claim partial credit. A failure becomes the one error nbgrader will see.
             cell.outputs = [o for o in cell.outputs

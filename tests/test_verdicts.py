@@ -1,0 +1,158 @@
+"""No verdict without the answer: negative controls at release and in `lint`.
+
+A tiny assignment holds one good test cell and test cells that a worthless answer passes; the
+real attack of issue 10 (every statement alone, every reported boolean forced to True) is graded
+through the real pipeline, and every cell it passes must be one that lint refuses.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from autograder import course, lint, samples
+from autograder.config import ClassPaths
+from conftest import REPO, make_course_copy, submit_directly
+
+SETUP = '''from IPython.display import display
+
+
+def report(check, value):
+    display({"application/vnd.cicd-course.check+json": {"check": check, "value": value}}, raw=True)
+'''
+
+
+def nbgrader_cell(source, grade_id, *, kind, points=0):
+    meta = {"grade": kind in ("test", "manual"), "solution": kind in ("answer", "manual"),
+            "locked": kind in ("test", "setup"), "grade_id": grade_id, "schema_version": 3, "task": False}
+    if meta["grade"]:
+        meta["points"] = points
+    cell = new_code_cell(source, id=grade_id)
+    cell.metadata["nbgrader"] = meta
+    return cell
+
+
+def tiny_assignment(root: Path, name: str, test_cells: dict[str, str]) -> ClassPaths:
+    """A one-notebook assignment: add(a, b) and the given test cells (grade id -> source)."""
+    answer = "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION\n"
+    cells = [new_markdown_cell("# Add two numbers"), nbgrader_cell(SETUP, "setup", kind="setup"),
+             nbgrader_cell(answer, "answer", kind="answer")]
+    cells += [nbgrader_cell(src, gid, kind="test", points=1) for gid, src in test_cells.items()]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    folder = root / "repo" / "solutions" / name
+    folder.mkdir(parents=True)
+    nbformat.write(nb, folder / f"{name}.ipynb")
+    (root / "repo" / "course").mkdir(exist_ok=True)
+    return ClassPaths(root / "repo", root / "class", root / "exchange")
+
+
+TINY_TESTS = {
+    # Values only a right answer computes: passes no control.
+    "test_good": '"""add sums."""\nreport("sums", [add(1, 2), add(-1, 1), add(2.5, 2.5)])',
+    # Reports a lone True after an assert: every statement alone + True forges it.
+    "test_lone_true": '"""add(1, 2) is 3."""\nassert add(1, 2) == 3\nreport("three", add(1, 2) == 3)',
+    # Reports a constant: passes even the blank release.
+    "test_constant": '"""The notebook ran."""\nreport("ran", 42)',
+    # A list of booleans, all True: forged from the source's shape.
+    "test_all_true_list": '"""add is symmetric."""\nreport("symmetric", [add(1, 2) == add(2, 1), add(0, 5) == 5])',
+    # The stub's own value (None) is the expected one.
+    "test_none_expected": '"""add of nothing."""\nreport("nothing", None if add(1, 1) == 2 else "wrong")',
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    paths = tiny_assignment(tmp_path_factory.mktemp("tiny"), "tiny", TINY_TESTS)
+    return paths, lint.lint_assignment(paths, "tiny")
+
+
+def test_lint_refuses_each_forgeable_cell_and_keeps_the_good_one(tiny):
+    _, findings = tiny
+    errors = {f.grade_id: f.message for f in findings if f.severity == "error"}
+    assert set(errors) == {"test_lone_true", "test_constant", "test_all_true_list", "test_none_expected"}, errors
+    assert "blank release" in errors["test_constant"]
+    assert "forced to True" in errors["test_lone_true"]
+    assert "forced to True" in errors["test_all_true_list"]
+
+
+def test_lint_results_are_cached_until_the_source_changes(tiny):
+    paths, findings = tiny
+    cache = paths.reference / "tiny" / "tiny.lint.json"
+    assert [f.__dict__ for f in findings] == json.loads(cache.read_text())["findings"]
+    stored = json.loads(cache.read_text())
+    stored["findings"] = []
+    cache.write_text(json.dumps(stored))
+    assert lint.lint_assignment(paths, "tiny") == []  # the cache is used while the source is unchanged
+    source = paths.source / "tiny" / "tiny.ipynb"
+    source.write_text(source.read_text().replace("add(2.5, 2.5)", "add(3.5, 2.5)"))
+    assert {f.grade_id for f in lint.lint_assignment(paths, "tiny") if f.severity == "error"} == \
+        {"test_lone_true", "test_constant", "test_all_true_list", "test_none_expected"}
+
+
+def with_grader(paths: ClassPaths) -> ClassPaths:
+    """Put the grader (package and root nbgrader config) into a course copy, so that its command
+    line and nbgrader, run from the copy's root, work on the copy."""
+    shutil.copytree(REPO / "autograder", paths.repo / "autograder", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "nbgrader_config.py", paths.repo / "nbgrader_config.py")
+    return paths
+
+
+def own_lines(stderr: str) -> list[str]:
+    """The command's own lines, without the kernel's start-up warning (field notes: harmless)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("[IPKernelApp]")]
+
+
+def run_cli(*args, cwd=REPO):
+    env = {k: v for k, v in os.environ.items() if k not in ("CICD_CLASS_DIR", "CICD_EXCHANGE", "PYTHONPATH")}
+    return subprocess.run([sys.executable, "-m", "autograder", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_release_refuses_naming_the_cells_and_publishes_nothing(tmp_path):
+    paths = with_grader(tiny_assignment(tmp_path, "tiny", {k: TINY_TESTS[k] for k in ("test_good", "test_lone_true")}))
+    done = run_cli("release", "tiny", "--class-dir", str(paths.class_dir), "--exchange", str(paths.exchange),
+                   cwd=paths.repo)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = own_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: tiny was not released"), done.stderr
+    assert "test_lone_true" in lines[0] and "test_good" not in lines[0]
+    assert not list(paths.exchange.rglob("*.ipynb")), "a refused assignment must not reach the exchange"
+
+
+def test_lint_cli_exit_status_and_lines(tmp_path):
+    paths = with_grader(tiny_assignment(tmp_path, "tiny", {"test_good": TINY_TESTS["test_good"]}))
+    done = run_cli("lint", "tiny", "--class-dir", str(paths.class_dir), cwd=paths.repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every test cell tells right from wrong" in done.stdout
+    done = run_cli("lint", "no_such_assignment", "--class-dir", str(paths.class_dir), cwd=paths.repo)
+    assert done.returncode == 2 and len(own_lines(done.stderr)) == 1 and "unknown assignment" in done.stderr
+
+
+@pytest.mark.parametrize("assignment", course.assignments(ClassPaths.resolve(repo=REPO)))
+def test_every_exercise_passes_lint(assignment, tmp_path):
+    """Every test cell of the six exercises fails the blank release and every forged stub.
+    (Needs the exercises' answer-derived reports: until they are merged, this fails by design.)"""
+    paths = ClassPaths(REPO, tmp_path / "class", tmp_path / "exchange")
+    errors = [str(f) for f in lint.lint_assignment(paths, assignment) if f.severity == "error"]
+    assert not errors, "\n".join(errors)
+
+
+def test_lint_predicts_the_real_forging_attack(tmp_path):
+    """The attack of issue 10, as a real submission through the real pipeline: whatever it passes,
+    lint refused at release (so after the exercises' fix it passes nothing)."""
+    assignment, attack = "ex02_data_gate", "forges_every_statement"
+    paths = make_course_copy(tmp_path)
+    course.generate(paths, assignment)
+    sample = samples.load(assignment, attack, root=REPO / "tests" / "fixtures" / "attacks")
+    submit_directly(paths, attack, assignment, samples.build(
+        sample, paths.release / assignment / f"{assignment}.ipynb", paths.source / assignment / f"{assignment}.ipynb"))
+    (result,) = course.grade(paths, assignment)
+    passed = {c.grade_id for c in result.cells if c.max_points and c.points == c.max_points}
+    refused = {f.grade_id for f in lint.lint_assignment(paths, assignment) if f.severity == "error"}
+    assert passed <= refused, f"the attack passed {passed - refused}, which lint let through"

@@ -117,6 +117,9 @@ def _run(args) -> int:
     elif args.verb == "grade":
         results = course.grade(paths, args.assignment, args.student, force=args.force)
         print(grade_table(results))
+        from .lint import forgeable_stock_cells
+        for line in forgeable_stock_cells(paths, args.assignment):
+            print(f"WARNING: {line}", file=sys.stderr)
         unisolated = {r.isolation for r in results if r.isolation and r.isolation != "bubblewrap"}
         for why in unisolated:
             print(f"WARNING: student code ran WITHOUT isolation ({why}). Grades are still decided "

@@ -288,3 +288,21 @@ def refuse_if_forgeable(findings: list[Finding], assignment: str) -> None:
         raise AutograderError(f"{assignment} was not released: {len(errors)} test cell(s) cannot tell right from "
                               f"wrong. {cells}. Fix them in solutions/{assignment}/, then release again "
                               f"(`python -m autograder lint {assignment}` checks without releasing)")
+
+
+def forgeable_stock_cells(paths, assignment: str) -> list[str]:
+    """One line per notebook whose assert-only test cells are graded the stock (forgeable) way,
+    read from its reference results (grade computes them first)."""
+    lines = []
+    for ref_path in sorted((paths.reference / assignment).glob("*.json")):
+        if ref_path.name.endswith(".lint.json"):
+            continue
+        try:
+            stock = json.loads(ref_path.read_text()).get("stock_cells", [])
+        except (OSError, ValueError):
+            continue
+        if stock:
+            lines.append(f"{assignment}/{ref_path.stem}.ipynb: {', '.join(stock)} are assert-only (no report()), "
+                         f"graded the stock nbgrader way: a submission that silences its asserts passes them; "
+                         f"convert them to report() style ({DOCS})")
+    return lines

@@ -26,7 +26,8 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor
 from . import AutograderError, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
 from .sandbox import isolation_status
-from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR
+from .preprocessors import (CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR,
+                            VisibleOnlyFeedback)
 
 
 # --- what exists -----------------------------------------------------------------------------
@@ -315,7 +316,9 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
                               f"run `python -m autograder grade {assignment}` first")
     if student is not None and student not in graded:
         raise AutograderError(f"'{student}' has no graded '{assignment}'; graded: {', '.join(graded)}")
-    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()})
+    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()},  # hidden tests never shown:
+                 VisibleOnlyFeedback={"staged_dir": str(paths.staged), "reference_dir": str(paths.reference)},
+                 GuardedExecute={"hide_paths": hidden_from_students(paths)})  # see VisibleOnlyFeedback
     _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
     _exchange_ok(paths)
     notes = []
@@ -332,7 +335,7 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
 def _feedback_preprocessors() -> list:
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.preprocessors import GetGrades
-    return [GetGrades, HideTestSource, CSSHTMLHeaderPreprocessor]
+    return [VisibleOnlyFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
 
 
 def export(paths: ClassPaths, to: Path) -> Path:

@@ -4,8 +4,10 @@ Each attack in tests/fixtures/attacks/ is a real submission. It is graded twice:
 nbgrader 0.9.6 (plain `autograde` on the raw submission, default settings), to show the attack
 really works there, and by our pipeline, which must give exactly the expected points.
 """
+import base64
 import html as html_lib
 import json
+import re
 import os
 import sqlite3
 from pathlib import Path
@@ -177,6 +179,63 @@ def test_feedback_shows_names_docstrings_and_messages_never_hidden_test_code(cla
         assert line not in text, f"hidden test code leaked into feedback: {line}"
     assert "test_rejects_bad_ids" in text or "rejects missing and duplicated learner ids" in text
     assert "The gate rejects missing and duplicated learner ids" in text  # the docstring
+
+
+LEAKERS = ["prints_test_source", "raises_test_source", "input_transformer", "only_when_graded"]
+
+
+def feedback_text(paths, student, folder="feedback"):
+    return html_lib.unescape((paths.class_dir / folder / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+
+
+def hidden_lines_found(paths, text):
+    """Hidden test lines in a text: plain, reversed, or inside any base64 blob."""
+    decoded = []
+    for blob in re.findall(r"[A-Za-z0-9+/]{40,}={0,2}", text):
+        try:
+            decoded.append(base64.b64decode(blob + "=" * (-len(blob) % 4)).decode("utf-8", "replace"))
+        except ValueError:
+            pass
+    haystacks = [text, text[::-1], *decoded]
+    return [line for line in hidden_test_lines(paths) if any(line in h for h in haystacks)]
+
+
+@pytest.fixture(scope="module")
+def leak_feedback(classroom):
+    paths, _ = classroom
+    for student in LEAKERS:
+        course.feedback(paths, ASSIGNMENT, student)
+    return paths
+
+
+@pytest.mark.parametrize("student", LEAKERS)
+def test_no_hidden_test_line_reaches_the_learner(leak_feedback, student):
+    text = feedback_text(leak_feedback, student)
+    assert not hidden_lines_found(leak_feedback, text), f"{student}'s feedback shows hidden test code"
+    assert "Grader: " in text  # the grader's own verdict per test is there
+
+
+def test_the_leaking_attacks_are_real(classroom):
+    """Shown the graded notebook's outputs (today's feedback before this guarantee, code hidden
+    but outputs kept), the printing and raising attacks do read the hidden tests."""
+    paths, _ = classroom
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import GetGrades
+    from autograder.preprocessors import HideTestSource
+    grader = course.api(paths, GenerateFeedback={"preprocessors": [GetGrades, HideTestSource, CSSHTMLHeaderPreprocessor]},
+                        CourseDirectory={"feedback_directory": str(paths.class_dir / "old-feedback")})
+    for student in ("prints_test_source", "raises_test_source"):
+        assert grader.generate_feedback(ASSIGNMENT, student, force=True)["success"]
+        assert len(hidden_lines_found(paths, feedback_text(paths, student, "old-feedback"))) > 10, student
+
+
+@pytest.mark.skipif(isolation_status() != "bubblewrap", reason="needs bubblewrap: " + isolation_status())
+def test_feedback_keeps_visible_failure_messages(leak_feedback):
+    """A wrong answer that hid itself only while graded fails its visible tests in the feedback run,
+    and the learner reads their messages."""
+    text = feedback_text(leak_feedback, "only_when_graded")
+    assert "AssertionError: validate_training_data" in text
+    assert "checks without the expected result" in text
 
 
 def test_stock_feedback_does_leak_hidden_tests(classroom):

@@ -114,6 +114,10 @@ def _run(args) -> int:
     elif args.verb == "collect":
         students = course.collect(paths, args.assignment)
         print(f"collected {args.assignment} from {len(students)} student(s): {', '.join(students)}")
+        from .inbound import notes_of
+        for student in students:
+            for note in notes_of(paths.submitted / student / args.assignment):
+                print(f"note: {student}: {note}", file=sys.stderr)
     elif args.verb == "grade":
         results = course.grade(paths, args.assignment, args.student, force=args.force)
         print(grade_table(results))

@@ -23,7 +23,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Limi
                                     SaveAutoGrades)
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 
-from . import AutograderError, reference, reports, submission
+from . import AutograderError, inbound, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
 from .sandbox import isolation_status
 from .preprocessors import (CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR,
@@ -100,10 +100,16 @@ def release(paths: ClassPaths, assignment: str) -> list:
 
 
 def collect(paths: ClassPaths, assignment: str) -> list[str]:
+    """Copy the newest acceptable submission of each learner from the exchange (autograder.inbound:
+    regular files only, owner checked); refusals become notes in the grade table."""
     require_assignment(paths, assignment)
     grader = api(paths)
     _exchange_ok(paths)
-    _checked(grader.collect(assignment), f"collecting {assignment}")
+    incoming = paths.exchange / grader.coursedir.course_id / "inbound"
+    if not incoming.is_dir():
+        raise AutograderError(f"nothing has been submitted to the exchange {paths.exchange} yet "
+                              f"(no {incoming}); release {assignment} and let learners submit first")
+    inbound.collect(incoming, paths.submitted, assignment)
     return students_collected(paths, assignment)
 
 
@@ -170,7 +176,7 @@ def stage(paths: ClassPaths, assignment: str, student: str) -> list[str]:
     expected = notebooks_of(paths, assignment)
     handed_in = {p.stem: p for p in sorted(raw.glob("*.ipynb"))} if raw.is_dir() else {}
     strays = [stem for stem in handed_in if stem not in expected]
-    common: list[str] = []
+    common: list[str] = inbound.notes_of(raw)  # what collect refused, for the grade table
     if len(expected) == 1 and expected[0] not in handed_in and len(strays) == 1:
         # One notebook under another name (a "Copy1", a rename): it is the answer.
         stem = strays.pop()

@@ -24,6 +24,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nbgrader.exchange.default.collect import ExchangeCollect
 from nbgrader.utils import parse_utc
 
 NOTES_FILE = "collect_notes.json"
@@ -198,3 +199,32 @@ def collect(inbound: Path, submitted: Path, assignment: str) -> dict[str, list[s
             (target / NOTES_FILE).write_text(json.dumps(notes, indent=1))
         outcome[student] = notes
     return outcome
+
+
+class SafeExchangeCollect(ExchangeCollect):
+    """nbgrader's collect (command line, Formgrader's Collect button) with this module's rules:
+    the newest accepted entry per learner, regular files only, refusals noted beside it."""
+
+    def init_src(self):
+        super().init_src()  # checks the inbound folder, reads the due date
+        wanted = self.coursedir.student_id if self.coursedir.student_id not in ("", "*") else None
+        newest: dict[str, Entry] = {}
+        self._refusals: dict[str, list[str]] = {}
+        for entry in scan(Path(self.inbound_path), self.coursedir.assignment_id):
+            if wanted is not None and entry.student != wanted:
+                continue
+            if entry.refused:
+                self.log.warning("%s: %s", entry.name, entry.refused)
+                self._refusals.setdefault(entry.student, []).append(entry.refused)
+            elif entry.student not in newest or entry.timestamp > newest[entry.student].timestamp:
+                newest[entry.student] = entry
+        self.src_records = [{"username": e.student, "filename": e.name, "timestamp": e.timestamp}
+                            for e in newest.values()]
+
+    def do_copy(self, src, dest):
+        src = Path(src)
+        entry = Entry(src.name, src.name.rsplit("+", 3)[0], None)
+        copy_entry(src.parent, entry, Path(dest))
+        notes = entry.notes + self._refusals.get(entry.student, [])
+        if notes:
+            (Path(dest) / NOTES_FILE).write_text(json.dumps(notes, indent=1))

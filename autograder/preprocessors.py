@@ -3,6 +3,8 @@
 - GuardedExecute: nbgrader's Execute, but a kernel that dies, hangs or cannot start is
   recorded in the notebook (the affected cell gets an error saying what happened) instead
   of aborting the student's grading.
+- RebuildSubmission: nbgrader's own `autograde` (command line, Formgrader) rebuilds each
+  submission from the released notebook, as `python -m autograder grade` does when staging.
 - CapOutputs: long outputs are cut to a fixed size, so one line of 20 MB is not kept whole.
 - DecideVerdicts: replaces what the kernel said about each grade cell with the verdict of
   autograder.reports, decided against the reference solution's results.
@@ -23,7 +25,7 @@ from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Bool, Enum, Integer, List, Unicode
 
-from . import reports
+from . import AutograderError, reference, reports, submission
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 VERDICT_ERROR = "CheckFailed"
@@ -132,14 +134,38 @@ class CapOutputs(NbGraderPreprocessor):
         return cell, resources
 
 
+class RebuildSubmission(NbGraderPreprocessor):
+    """The notebook that runs is the released one with only the learner's answers copied in
+    (autograder.submission), so nbgrader's own autograde also restores deleted, edited or
+    reordered tests and drops forged metadata; the notes go into the notebook's first cell."""
+
+    release_dir = Unicode("", help="Folder of released notebooks: <assignment>/<notebook>.ipynb").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        skeleton = Path(self.release_dir) / info["assignment"] / f"{info['notebook']}.ipynb"
+        if not skeleton.is_file():
+            raise AutograderError(f"no released notebook {skeleton}; run `python -m autograder release "
+                                  f"{info['assignment']}` (or nbgrader generate_assignment) first")
+        rebuilt, notes = submission.rebuild(nbformat.read(skeleton, as_version=4), nb)
+        if notes:
+            rebuilt.cells.insert(0, submission.notes_cell(notes))
+        return rebuilt, resources
+
+
 class DecideVerdicts(NbGraderPreprocessor):
     """Make each grade cell's outputs say exactly what autograder.reports decided."""
 
     reference_dir = Unicode("", help="Folder of reference results: <assignment>/<notebook>.json").tag(config=True)
+    source_dir = Unicode("", help="Folder of source notebooks, to compute a missing or stale reference result "
+                                  "(empty: the reference must exist already)").tag(config=True)
 
     def preprocess(self, nb, resources):
         info = resources["nbgrader"]
         path = Path(self.reference_dir) / info["assignment"] / f"{info['notebook']}.json"
+        if self.source_dir:  # nbgrader's own autograde: nobody ran `python -m autograder grade` first
+            source = Path(self.source_dir) / info["assignment"] / f"{info['notebook']}.ipynb"
+            path = reference.ensure(source, Path(self.reference_dir), info["assignment"])
         stored = json.loads(path.read_text())
         expected, stock = stored["cells"], set(stored.get("stock_cells", []))
         incident = nb.metadata.get("cicd_grading", {}).get("incident", "")

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from nbgrader.exchange.default.release_assignment import ExchangeReleaseAssignment
 from nbgrader.preprocessors import ClearSolutions
 
 from . import AutograderError, reference, reports
+from .config import ClassPaths
 
 LINT_MIME = "application/vnd.cicd-course.lint+json"
 DOCS = "docs/grading-you-can-trust.md"
@@ -306,3 +308,20 @@ def forgeable_stock_cells(paths, assignment: str) -> list[str]:
                          f"graded the stock nbgrader way: a submission that silences its asserts passes them; "
                          f"convert them to report() style ({DOCS})")
     return lines
+
+
+class LintedReleaseAssignment(ExchangeReleaseAssignment):
+    """nbgrader's release (command line, Formgrader's Release button), refused like
+    `python -m autograder release` when a test cell cannot tell right from wrong."""
+
+    def copy_files(self):
+        coursedir = self.coursedir
+        paths = ClassPaths(Path(coursedir.root), Path(coursedir.submitted_directory).parent, Path(self.root))
+        try:
+            findings = lint_assignment(paths, coursedir.assignment_id)
+            refuse_if_forgeable(findings, coursedir.assignment_id)
+        except AutograderError as err:
+            self.fail(str(err))
+        for finding in findings:
+            self.log.warning("%s", finding)
+        super().copy_files()

@@ -34,3 +34,4 @@ def defend(c) -> None:
     c.VisibleOnlyFeedback.staged_dir = str(class_dir / "staged")
     c.VisibleOnlyFeedback.reference_dir = str(class_dir / "reference")
     c.ExchangeFactory.collect = "autograder.inbound.SafeExchangeCollect"
+    c.ExchangeFactory.release_assignment = "autograder.lint.LintedReleaseAssignment"

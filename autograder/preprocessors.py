@@ -227,6 +227,7 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
             for cell in shown.cells:
                 if cell.get("cell_type") == "code":
                     cell.outputs = []
+            shown.metadata.pop("cicd_grading", None)
             note = "the graded copy of your notebook is no longer available, so only the grader's verdicts are shown"
         else:
             shown = nbformat.read(staged, as_version=4)
@@ -246,6 +247,7 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
         if note:
             shown.cells.insert(0, nbformat.v4.new_markdown_cell(f"**Note from the grader:** {note}."))
         nb.cells = shown.cells
+        nb.metadata = shown.metadata  # the graded run's metadata (its incident text) is not shown either
         return nb, resources
 
     def _run_visible(self, visible, folder: Path) -> str:

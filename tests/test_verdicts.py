@@ -125,6 +125,21 @@ def test_release_refuses_naming_the_cells_and_publishes_nothing(tmp_path):
     assert not list(paths.exchange.rglob("*.ipynb")), "a refused assignment must not reach the exchange"
 
 
+def test_nbgraders_own_release_refuses_too(tmp_path):
+    """`nbgrader release_assignment` from the repository root (and so the Formgrader's Release
+    button) is refused like `python -m autograder release`."""
+    paths = with_grader(tiny_assignment(tmp_path, "tiny", {k: TINY_TESTS[k] for k in ("test_good", "test_constant")}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(CICD_CLASS_DIR=str(paths.class_dir), CICD_EXCHANGE=str(paths.exchange),
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    for args in (["generate_assignment", "tiny", "--force"], ["release_assignment", "tiny"]):
+        done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=paths.repo, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "test_constant" in done.stderr and "was not released" in done.stderr
+    assert not list(paths.exchange.rglob("*.ipynb"))
+
+
 def test_lint_cli_exit_status_and_lines(tmp_path):
     paths = with_grader(tiny_assignment(tmp_path, "tiny", {"test_good": TINY_TESTS["test_good"]}))
     done = run_cli("lint", "tiny", "--class-dir", str(paths.class_dir), cwd=paths.repo)

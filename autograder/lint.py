@@ -266,7 +266,12 @@ def lint_assignment(paths, assignment: str) -> list[Finding]:
     from .course import require_assignment
     require_assignment(paths, assignment)
     findings = []
+    from .submission import read_submitted
     for source in sorted((paths.source / assignment).glob("*.ipynb")):
+        _, problem = read_submitted(source)
+        if problem:
+            raise AutograderError(f"the source notebook {source}: {problem}; fix it (or restore it from git), "
+                                  f"then run `python -m autograder lint {assignment}` again")
         ref_path = reference.ensure(source, paths.reference, assignment)
         cache = ref_path.with_suffix(".lint.json")
         key = {"source_sha256": reference.sha256_of(source), "lint_sha256": _lint_code_sha()}

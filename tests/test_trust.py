@@ -181,7 +181,7 @@ def test_feedback_shows_names_docstrings_and_messages_never_hidden_test_code(cla
     assert "The gate rejects missing and duplicated learner ids" in text  # the docstring
 
 
-LEAKERS = ["prints_test_source", "raises_test_source", "input_transformer", "only_when_graded"]
+LEAKERS = ["prints_test_source", "raises_test_source", "only_when_graded"]
 
 
 def feedback_text(paths, student, folder="feedback"):

@@ -147,6 +147,11 @@ def test_lint_cli_exit_status_and_lines(tmp_path):
     assert "every test cell tells right from wrong" in done.stdout
     done = run_cli("lint", "no_such_assignment", "--class-dir", str(paths.class_dir), cwd=paths.repo)
     assert done.returncode == 2 and len(own_lines(done.stderr)) == 1 and "unknown assignment" in done.stderr
+    source = paths.source / "tiny" / "tiny.ipynb"
+    source.write_text(source.read_text()[:200])  # a source notebook cut off mid-save
+    done = run_cli("lint", "tiny", "--class-dir", str(paths.class_dir), cwd=paths.repo)
+    assert done.returncode == 2 and len(own_lines(done.stderr)) == 1, done.stderr
+    assert "not valid notebook JSON" in done.stderr and "restore it from git" in done.stderr
 
 
 @pytest.mark.parametrize("assignment", course.assignments(ClassPaths.resolve(repo=REPO)))

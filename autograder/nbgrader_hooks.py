@@ -33,5 +33,7 @@ def defend(c) -> None:
     c.GenerateFeedback.preprocessors = [VisibleOnlyFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
     c.VisibleOnlyFeedback.staged_dir = str(class_dir / "staged")
     c.VisibleOnlyFeedback.reference_dir = str(class_dir / "reference")
+    c.VisibleOnlyFeedback.submitted_dir = c.CourseDirectory.submitted_directory
+    c.VisibleOnlyFeedback.release_dir = str(repo / "course")
     c.ExchangeFactory.collect = "autograder.inbound.SafeExchangeCollect"
     c.ExchangeFactory.release_assignment = "autograder.lint.LintedReleaseAssignment"

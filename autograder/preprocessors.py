@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -217,12 +219,28 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
 
     staged_dir = Unicode("", help="Folder of rebuilt submissions: <student>/<assignment>/<notebook>.ipynb").tag(config=True)
     reference_dir = Unicode("", help="Folder of reference results: <assignment>/<notebook>.json").tag(config=True)
+    submitted_dir = Unicode("", help="Without a staged copy (nbgrader's own autograde), rebuild it from the "
+                                     "raw submission in this folder...").tag(config=True)
+    release_dir = Unicode("", help="...and the released notebook and files in this one").tag(config=True)
 
     def preprocess(self, nb, resources):
         info = resources["nbgrader"]
         staged = Path(self.staged_dir) / info["student"] / info["assignment"] / f"{info['notebook']}.ipynb"
         verdicts = self._verdicts(nb, info)
-        if not staged.is_file():
+        released = Path(self.release_dir) / info["assignment"]
+        if not staged.is_file() and self.submitted_dir and (released / f"{info['notebook']}.ipynb").is_file():
+            with tempfile.TemporaryDirectory(prefix="cicd-feedback-") as scratch:
+                folder = Path(scratch) / info["assignment"]
+                shutil.copytree(released, folder, ignore=shutil.ignore_patterns("*.ipynb"))
+                raw = Path(self.submitted_dir) / info["student"] / info["assignment"] / f"{info['notebook']}.ipynb"
+                learner, problem = submission.read_submitted(raw) if raw.is_file() else (None, "not handed in")
+                shown, notes = submission.rebuild(nbformat.read(released / f"{info['notebook']}.ipynb", as_version=4),
+                                                  learner)
+                notes = ([f"{raw.name}: {problem}; it was graded as unanswered"] if problem else []) + notes
+                if notes:
+                    shown.cells.insert(0, submission.notes_cell(notes))
+                note = self._run_visible(shown, folder)
+        elif not staged.is_file():
             shown = copy.deepcopy(nb)
             for cell in shown.cells:
                 if cell.get("cell_type") == "code":

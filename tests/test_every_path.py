@@ -2,6 +2,7 @@
 root, and the Formgrader's Autograde and Collect buttons through a real Jupyter server's HTTP API,
 give the same grades as `python -m autograder grade` (tests/test_trust.py), attacks included.
 """
+import html
 import json
 import os
 import shutil
@@ -73,6 +74,17 @@ def test_nbgrader_autograde_from_the_repository_root_uses_our_pipeline(tmp_path)
     restored = (paths.autograded / "deletes_tests" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
     assert "was deleted; the original was put back" in restored
     assert (paths.reference / ASSIGNMENT / f"{ASSIGNMENT}.json").is_file(), "reference computed on demand"
+    # nbgrader's own feedback: built from a visible-only run, never from the graded (hidden-test) run.
+    nbgrader(paths, env, "generate_feedback", ASSIGNMENT, "--student", "honest", "--force")
+    text = html.unescape((paths.feedback / "honest" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+    assert "Grader: passed" in text and "### BEGIN HIDDEN TESTS" not in text
+    hidden = [line.strip() for cell in nbformat.read(paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4).cells
+              if "### BEGIN HIDDEN TESTS" in cell.source
+              for line in cell.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0].splitlines()
+              if len(line.strip()) > 20]
+    assert hidden and not [line for line in hidden if line in text]
+    if isolation_status() == "bubblewrap":
+        assert "label_leak" in text and "accepted" in text  # the visible run's own outputs
 
 
 def free_port():

@@ -176,3 +176,29 @@ def test_lint_predicts_the_real_forging_attack(tmp_path):
     passed = {c.grade_id for c in result.cells if c.max_points and c.points == c.max_points}
     refused = {f.grade_id for f in lint.lint_assignment(paths, assignment) if f.severity == "error"}
     assert passed <= refused, f"the attack passed {passed - refused}, which lint let through"
+
+
+def test_stub_keeps_names_and_signatures_but_does_no_work():
+    stub = lint.stub_source("import math\n\n\ndef area(r, *, exact=False):\n    ### BEGIN SOLUTION\n"
+                            "    return math.pi * r * r\n    ### END SOLUTION\n\n\nclass Box:\n    size = 3\n\n"
+                            "    def volume(self):\n        return self.size ** 3\n\n\nLIMIT = area(2)\nprint(LIMIT)\n")
+    namespace = {}
+    exec(stub, namespace)
+    assert namespace["area"](2, exact=True) is None and namespace["Box"]().volume() is None
+    assert namespace["LIMIT"] is None and "print" not in stub and "math.pi" not in stub
+    assert lint.stub_source("%%writefile x.py\nprint(1)\n") == "pass"  # not Python: an empty answer
+
+
+@pytest.mark.parametrize("expected, records, forged", [
+    ([{"check": "a", "value": True}], [], True),                                   # a lone True
+    ([{"check": "a", "value": [True, True]}], [], True),                           # the shape, all True
+    ([{"check": "a", "value": [True, False]}], [], False),                         # a mix needs the answer
+    ([{"check": "a", "value": [3, 5]}], [{"check": "a", "value_failed": True}], False),
+    ([{"check": "a", "value": [3, 5]}], [{"check": "a", "value": [3, 5]}], True),  # the stub computes it
+    ([{"check": "n", "value": 0}, {"check": "ok", "value": True}],
+     [{"check": "n", "value": 0}, {"check": "ok", "value": False}], True),        # stub's 0, boolean forced
+    ([{"check": "a", "value": ""}, {"check": "b", "value": ""}], [], True),        # one constant for all
+    ([{"check": "a", "value": 1.5}], [{"check": "a", "value": 1.5000001}], True),  # floats compare as graded
+])
+def test_forging_strategies(expected, records, forged):
+    assert bool(lint.forged_by(expected, records)) is forged

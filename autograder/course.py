@@ -26,8 +26,7 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor
 from . import AutograderError, inbound, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
 from .sandbox import isolation_status
-from .preprocessors import (CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR,
-                            VisibleOnlyFeedback)
+from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, VERDICT_ERROR, VisibleOnlyFeedback
 
 
 # --- what exists -----------------------------------------------------------------------------

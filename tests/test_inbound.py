@@ -5,7 +5,6 @@ Stock nbgrader collects the solution as that learner's work; ours refuses it wit
 grade table, grades nothing of it, and the learner's feedback holds no line of the solution.
 """
 import html
-import json
 import os
 import pwd
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import course, inbound, samples
+from autograder import course, inbound
 from conftest import fixture_notebook, make_course_copy
 
 ASSIGNMENT = "ex02_data_gate"

@@ -18,7 +18,7 @@ from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 
-from autograder import course, samples
+from autograder import course, lint, samples
 from autograder.config import ClassPaths
 from autograder.sandbox import isolation_status
 from conftest import fixture_notebook, make_course_copy, submit_directly
@@ -128,6 +128,16 @@ def _stock_fell_for(kind, name, outcomes, scores, autograded):
     if kind == "ungraded":
         return "" if not scores[name] else f"gave {scores[name]}"
     return f"unknown stock outcome {kind!r}"
+
+
+def test_lint_refused_every_cell_the_forger_passes(classroom):
+    """The forger of issue 10 (every statement alone, booleans forced to True), graded for real:
+    every cell it passes is one that lint refuses at release (after the exercises report
+    answer-derived values, it passes none: test_our_grade_for_each_attack)."""
+    paths, ours = classroom
+    passed = {c.grade_id for c in ours["forges_every_statement"].cells if c.max_points and c.points == c.max_points}
+    refused = {f.grade_id for f in lint.lint_assignment(paths, ASSIGNMENT) if f.severity == "error"}
+    assert passed <= refused, f"the forger passed {passed - refused}, which lint let through"
 
 
 def test_reasons_say_what_happened(classroom):

@@ -15,6 +15,7 @@ Grade the CI/CD for Models course with nbgrader. An instructor's day:
   grade ASSIGNMENT       autograde the class (or one --student), with reasons per student
   feedback ASSIGNMENT    write feedback (tests hidden) and hand it back through the exchange
   export                 write every grade to a CSV file
+  lint ASSIGNMENT        prove every test cell tells right from wrong (release does it too)
   handout DEST           write the learner's copy (lessons, data, released exercises; no solutions)
 
 and for learners and newcomers:
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = verbs.add_parser("export", help="write all grades to a CSV file")
     p.add_argument("--to", type=Path, default=Path("grades.csv"), help="CSV path (default: grades.csv)")
+    _common(p)
+    p = verbs.add_parser("lint", help="run negative controls: refuse test cells a worthless answer passes")
+    p.add_argument("assignment")
     _common(p)
     p = verbs.add_parser("handout", help="write the learner's copy of the course: lessons, data, released "
                          "exercises and the self-check; no solutions, hidden tests or fixtures")
@@ -115,14 +119,22 @@ def _run(args) -> int:
 
     paths = ClassPaths.resolve(args.class_dir, args.exchange)
     if args.verb == "release":
-        course.release(paths, args.assignment)
+        for finding in course.release(paths, args.assignment):
+            print(finding, file=sys.stderr)
         print(f"released {args.assignment}: course/{args.assignment}/ regenerated, published to {paths.exchange}")
     elif args.verb == "collect":
         students = course.collect(paths, args.assignment)
         print(f"collected {args.assignment} from {len(students)} student(s): {', '.join(students)}")
+        from .inbound import notes_of
+        for student in students:
+            for note in notes_of(paths.submitted / student / args.assignment):
+                print(f"note: {student}: {note}", file=sys.stderr)
     elif args.verb == "grade":
         results = course.grade(paths, args.assignment, args.student, force=args.force)
         print(grade_table(results))
+        from .lint import forgeable_stock_cells
+        for line in forgeable_stock_cells(paths, args.assignment):
+            print(f"WARNING: {line}", file=sys.stderr)
         unisolated = {r.isolation for r in results if r.isolation and r.isolation != "bubblewrap"}
         for why in unisolated:
             print(f"WARNING: student code ran WITHOUT isolation ({why}). Grades are still decided "
@@ -133,6 +145,16 @@ def _run(args) -> int:
         print("\n".join(str(f) for f in files))
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
+    elif args.verb == "lint":
+        from .lint import lint_assignment
+        findings = lint_assignment(paths, args.assignment)
+        for finding in findings:
+            print(finding)
+        errors = sum(f.severity == "error" for f in findings)
+        print(f"{args.assignment}: {errors} test cell(s) a worthless answer passes, "
+              f"{len(findings) - errors} warning(s)" if findings else f"{args.assignment}: every test cell "
+              "tells right from wrong (blank release and forged stub answers fail it)")
+        return 1 if errors else 0
     elif args.verb == "export":
         print(f"grades written to {course.export(paths, args.to)}")
     return 0

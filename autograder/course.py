@@ -23,10 +23,10 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Limi
                                     SaveAutoGrades)
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 
-from . import AutograderError, reference, reports, submission
+from . import AutograderError, inbound, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
 from .sandbox import isolation_status
-from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, HideTestSource, VERDICT_ERROR
+from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, VERDICT_ERROR, VisibleOnlyFeedback
 
 
 # --- what exists -----------------------------------------------------------------------------
@@ -82,21 +82,33 @@ def generate(paths: ClassPaths, assignment: str) -> None:
     _checked(api(paths).generate_assignment(assignment, force=True), f"generating {assignment}")
 
 
-def release(paths: ClassPaths, assignment: str) -> None:
-    """Generate the student version, compute the reference results, publish to the exchange."""
+def release(paths: ClassPaths, assignment: str) -> list:
+    """Generate the student version, compute the reference results, prove with negative controls
+    that every test cell tells right from wrong (autograder.lint), publish to the exchange.
+    Returns the warnings of the check (forgeable assert-only cells); refuses on its errors."""
+    from . import lint
     generate(paths, assignment)
     prepare_reference(paths, assignment)
+    findings = lint.lint_assignment(paths, assignment)
+    lint.refuse_if_forgeable(findings, assignment)
     _exchange_ok(paths)
     grader = api(paths)
     grader.unrelease(assignment)  # releasing again replaces the old copy instead of failing
     _checked(grader.release_assignment(assignment), f"releasing {assignment}")
+    return findings
 
 
 def collect(paths: ClassPaths, assignment: str) -> list[str]:
+    """Copy the newest acceptable submission of each learner from the exchange (autograder.inbound:
+    regular files only, owner checked); refusals become notes in the grade table."""
     require_assignment(paths, assignment)
     grader = api(paths)
     _exchange_ok(paths)
-    _checked(grader.collect(assignment), f"collecting {assignment}")
+    incoming = paths.exchange / grader.coursedir.course_id / "inbound"
+    if not incoming.is_dir():
+        raise AutograderError(f"nothing has been submitted to the exchange {paths.exchange} yet "
+                              f"(no {incoming}); release {assignment} and let learners submit first")
+    inbound.collect(incoming, paths.submitted, assignment)
     return students_collected(paths, assignment)
 
 
@@ -163,7 +175,7 @@ def stage(paths: ClassPaths, assignment: str, student: str) -> list[str]:
     expected = notebooks_of(paths, assignment)
     handed_in = {p.stem: p for p in sorted(raw.glob("*.ipynb"))} if raw.is_dir() else {}
     strays = [stem for stem in handed_in if stem not in expected]
-    common: list[str] = []
+    common: list[str] = inbound.notes_of(raw)  # what collect refused, for the grade table
     if len(expected) == 1 and expected[0] not in handed_in and len(strays) == 1:
         # One notebook under another name (a "Copy1", a rename): it is the answer.
         stem = strays.pop()
@@ -309,7 +321,9 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
                               f"run `python -m autograder grade {assignment}` first")
     if student is not None and student not in graded:
         raise AutograderError(f"'{student}' has no graded '{assignment}'; graded: {', '.join(graded)}")
-    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()})
+    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()},  # hidden tests never shown:
+                 VisibleOnlyFeedback={"staged_dir": str(paths.staged), "reference_dir": str(paths.reference)},
+                 GuardedExecute={"hide_paths": hidden_from_students(paths)})  # see VisibleOnlyFeedback
     _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
     _exchange_ok(paths)
     notes = []
@@ -326,7 +340,7 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
 def _feedback_preprocessors() -> list:
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.preprocessors import GetGrades
-    return [GetGrades, HideTestSource, CSSHTMLHeaderPreprocessor]
+    return [VisibleOnlyFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
 
 
 def export(paths: ClassPaths, to: Path) -> Path:

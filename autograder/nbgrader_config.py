@@ -43,3 +43,4 @@ c.Execute.timeout = int(os.environ.get("CICD_CELL_TIMEOUT", "60"))
 # A deleted or renamed grade cell is put back from the gradebook and graded, never left empty.
 c.OverwriteCells.add_missing_cells = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+

@@ -3,22 +3,31 @@
 - GuardedExecute: nbgrader's Execute, but a kernel that dies, hangs or cannot start is
   recorded in the notebook (the affected cell gets an error saying what happened) instead
   of aborting the student's grading.
+- RebuildSubmission: nbgrader's own `autograde` (command line, Formgrader) rebuilds each
+  submission from the released notebook, as `python -m autograder grade` does when staging.
 - CapOutputs: long outputs are cut to a fixed size, so one line of 20 MB is not kept whole.
 - DecideVerdicts: replaces what the kernel said about each grade cell with the verdict of
   autograder.reports, decided against the reference solution's results.
 - HideTestSource: in feedback, a test cell shows its docstring, never its code.
+- VisibleOnlyFeedback: feedback built from grader-authored verdicts and from a run of the
+  submission into which no hidden test code was ever sent, so no line of a hidden test can
+  reach the learner, whatever the submission prints, raises or writes.
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
+import nbformat
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Bool, Enum, Integer, List, Unicode
 
-from . import reports
+from . import AutograderError, reference, reports, submission
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 VERDICT_ERROR = "CheckFailed"
@@ -127,20 +136,48 @@ class CapOutputs(NbGraderPreprocessor):
         return cell, resources
 
 
+class RebuildSubmission(NbGraderPreprocessor):
+    """The notebook that runs is the released one with only the learner's answers copied in
+    (autograder.submission), so nbgrader's own autograde also restores deleted, edited or
+    reordered tests and drops forged metadata; the notes go into the notebook's first cell."""
+
+    release_dir = Unicode("", help="Folder of released notebooks: <assignment>/<notebook>.ipynb").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        skeleton = Path(self.release_dir) / info["assignment"] / f"{info['notebook']}.ipynb"
+        if not skeleton.is_file():
+            raise AutograderError(f"no released notebook {skeleton}; run `python -m autograder release "
+                                  f"{info['assignment']}` (or nbgrader generate_assignment) first")
+        rebuilt, notes = submission.rebuild(nbformat.read(skeleton, as_version=4), nb)
+        if notes:
+            rebuilt.cells.insert(0, submission.notes_cell(notes))
+        return rebuilt, resources
+
+
 class DecideVerdicts(NbGraderPreprocessor):
     """Make each grade cell's outputs say exactly what autograder.reports decided."""
 
     reference_dir = Unicode("", help="Folder of reference results: <assignment>/<notebook>.json").tag(config=True)
+    source_dir = Unicode("", help="Folder of source notebooks, to compute a missing or stale reference result "
+                                  "(empty: the reference must exist already)").tag(config=True)
 
     def preprocess(self, nb, resources):
         info = resources["nbgrader"]
         path = Path(self.reference_dir) / info["assignment"] / f"{info['notebook']}.json"
-        expected = json.loads(path.read_text())["cells"]
+        if self.source_dir:  # nbgrader's own autograde: nobody ran `python -m autograder grade` first
+            source = Path(self.source_dir) / info["assignment"] / f"{info['notebook']}.ipynb"
+            path = reference.ensure(source, Path(self.reference_dir), info["assignment"])
+        stored = json.loads(path.read_text())
+        expected, stock = stored["cells"], set(stored.get("stock_cells", []))
         incident = nb.metadata.get("cicd_grading", {}).get("incident", "")
         for cell in nb.cells:
             if not reports.is_grade_cell(cell):
                 continue
-            verdict = reports.decide(cell, expected.get(reports.grade_id(cell)), incident)
+            if reports.grade_id(cell) in stock:
+                verdict = reports.decide_stock(cell, incident)
+            else:
+                verdict = reports.decide(cell, expected.get(reports.grade_id(cell)), incident)
             # Only displays survive: stderr (warnings) costs nothing, and an execute_result can no
             # longer claim partial credit. A failure becomes the one error nbgrader will see.
             cell.outputs = [o for o in cell.outputs
@@ -168,3 +205,105 @@ class HideTestSource(NbGraderPreprocessor):
 def first_docstring_line(source: str) -> str:
     match = re.match(r'\s*(?:"""|\'\'\')\s*(.*?)\s*(?:"""|\'\'\'|\n)', source, re.S)
     return match.group(1).strip() if match else "(no description)"
+
+
+class VisibleOnlyFeedback(NbGraderPreprocessor):
+    """Replace the autograded notebook by one that cannot hold hidden test code.
+
+    Anything a kernel produced after hidden test code entered it may contain that code (a
+    submission can print each cell's source, raise it as an error message, or encode it), so none
+    of it is shown. The feedback is instead the rebuilt submission as staged for grading (released
+    test cells: no hidden code), run again in the sandbox, plus for each test cell what the grader
+    itself decided: passed or not, and which of the reference's checks were not met. Without a
+    sandbox the run could read the solutions from disk, so its outputs are left out."""
+
+    staged_dir = Unicode("", help="Folder of rebuilt submissions: <student>/<assignment>/<notebook>.ipynb").tag(config=True)
+    reference_dir = Unicode("", help="Folder of reference results: <assignment>/<notebook>.json").tag(config=True)
+    submitted_dir = Unicode("", help="Without a staged copy (nbgrader's own autograde), rebuild it from the "
+                                     "raw submission in this folder...").tag(config=True)
+    release_dir = Unicode("", help="...and the released notebook and files in this one").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        staged = Path(self.staged_dir) / info["student"] / info["assignment"] / f"{info['notebook']}.ipynb"
+        verdicts = self._verdicts(nb, info)
+        released = Path(self.release_dir) / info["assignment"]
+        if not staged.is_file() and self.submitted_dir and (released / f"{info['notebook']}.ipynb").is_file():
+            with tempfile.TemporaryDirectory(prefix="cicd-feedback-") as scratch:
+                folder = Path(scratch) / info["assignment"]
+                shutil.copytree(released, folder, ignore=shutil.ignore_patterns("*.ipynb"))
+                raw = Path(self.submitted_dir) / info["student"] / info["assignment"] / f"{info['notebook']}.ipynb"
+                learner, problem = submission.read_submitted(raw) if raw.is_file() else (None, "not handed in")
+                shown, notes = submission.rebuild(nbformat.read(released / f"{info['notebook']}.ipynb", as_version=4),
+                                                  learner)
+                notes = ([f"{raw.name}: {problem}; it was graded as unanswered"] if problem else []) + notes
+                if notes:
+                    shown.cells.insert(0, submission.notes_cell(notes))
+                note = self._run_visible(shown, folder)
+        elif not staged.is_file():
+            shown = copy.deepcopy(nb)
+            for cell in shown.cells:
+                if cell.get("cell_type") == "code":
+                    cell.outputs = []
+            shown.metadata.pop("cicd_grading", None)
+            note = "the graded copy of your notebook is no longer available, so only the grader's verdicts are shown"
+        else:
+            shown = nbformat.read(staged, as_version=4)
+            note = self._run_visible(shown, staged.parent)
+        for cell in shown.cells:
+            if cell.get("cell_type") != "code":
+                continue
+            if reports.is_grade_cell(cell):
+                cell.source = "# Test: " + first_docstring_line(cell.get("source", "")) + \
+                    "\n# (the test's code is not shown)"
+                kept = [o for o in cell.get("outputs", []) if o.get("output_type") != "display_data"]
+                for output in kept:
+                    if output.get("output_type") == "error":
+                        output["traceback"] = [f"{output.get('ename')}: {output.get('evalue')}"]
+                verdict = verdicts.get(reports.grade_id(cell), "the grader has no verdict for this test")
+                cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=f"Grader: {verdict}\n")] + kept
+        if note:
+            shown.cells.insert(0, nbformat.v4.new_markdown_cell(f"**Note from the grader:** {note}."))
+        nb.cells = shown.cells
+        nb.metadata = shown.metadata  # the graded run's metadata (its incident text) is not shown either
+        return nb, resources
+
+    def _run_visible(self, visible, folder: Path) -> str:
+        """Execute the visible-only notebook in the sandbox; '' or a note saying why outputs are missing."""
+        for cell in visible.cells:
+            if cell.get("cell_type") == "code":
+                cell.outputs, cell.execution_count = [], None
+        runner = GuardedExecute(parent=self)
+        if not (runner.isolate and isolation_status() == "bubblewrap"):
+            return ("outputs are not shown: this grader runs without a sandbox, so a run of your notebook "
+                    "could have read the hidden tests from disk")
+        runner.preprocess(visible, {"metadata": {"path": str(folder)}})
+        CapOutputs(parent=self).preprocess(visible, {})
+        return ""
+
+    def _verdicts(self, graded, info) -> dict[str, str]:
+        """Grader-authored words per test cell, from the graded notebook's reports and the reference;
+        no text the student's kernel produced is used."""
+        path = Path(self.reference_dir) / info["assignment"] / f"{info['notebook']}.json"
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = {"cells": {}, "stock_cells": []}
+        words = {}
+        for cell in graded.cells:
+            if not reports.is_grade_cell(cell):
+                continue
+            gid = reports.grade_id(cell)
+            if not any(o.get("ename") == VERDICT_ERROR for o in reports.errors_of(cell)):
+                words[gid] = "passed"
+                continue
+            expected = stored["cells"].get(gid) or []
+            got = reports.reports_of(cell)
+            missed = [e.get("check", f"#{i + 1}") for i, e in enumerate(expected)
+                      if not (i < len(got) and isinstance(got[i], dict) and got[i].get("check") == e.get("check")
+                              and "value" in got[i] and reports.values_match(got[i]["value"], e.get("value")))]
+            if gid in stored.get("stock_cells", []) or not missed:
+                words[gid] = "not passed (the test raised an error or did not run to the end)"
+            else:
+                words[gid] = "not passed; checks without the expected result: " + ", ".join(missed)
+        return words

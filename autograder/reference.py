@@ -20,12 +20,13 @@ from . import AutograderError, reports
 RUN_TIMEOUT = 120  # seconds per cell of the reference solution
 
 
-def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT) -> nbformat.NotebookNode:
-    """Execute a notebook in a scratch copy of its folder (so it writes nothing in place)."""
+def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None) -> nbformat.NotebookNode:
+    """Execute a notebook (or `nb`, run as if it were that notebook) in a scratch copy of its
+    folder, so that it writes nothing in place."""
     with tempfile.TemporaryDirectory(prefix="cicd-run-") as scratch:
         folder = Path(scratch) / notebook.parent.name
         shutil.copytree(notebook.parent, folder)
-        nb = nbformat.read(folder / notebook.name, as_version=4)
+        nb = nbformat.read(folder / notebook.name, as_version=4) if nb is None else nb
         client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
                                 resources={"metadata": {"path": str(folder)}})
         client.execute()
@@ -37,22 +38,33 @@ def sha256_of(path: Path) -> str:
 
 
 def compute(source_notebook: Path) -> dict:
+    """Run the reference solution and keep what each test cell reports.
+
+    A test cell that calls report() must pass and report something. An assert-only cell (stock
+    nbgrader style) is graded the stock way, so it needs no reference values: it is listed in
+    "stock_cells", and a failure of it on the reference is a warning, not a refusal."""
     nb = execute_in_copy(source_notebook)
     cells = reports.reference_reports(nb)
-    problems = []
+    problems, warnings, stock = [], [], []
     for cell in nb.cells:
         gid = reports.grade_id(cell)
         if not reports.is_grade_cell(cell):
             continue
-        if reports.errors_of(cell):
-            err = reports.errors_of(cell)[0]
-            problems.append(f"{gid} fails on the reference solution ({err.get('ename')}: {err.get('evalue')})")
+        error = reports.errors_of(cell)[0] if reports.errors_of(cell) else None
+        failure = f"{gid} fails on the reference solution ({error.get('ename')}: {error.get('evalue')})" if error else ""
+        if not reports.calls_report(cell.source):
+            stock.append(gid)
+            if failure:
+                warnings.append(failure)
+        elif failure:
+            problems.append(failure)
         elif not cells.get(gid):
             problems.append(f"{gid} reports no result, so it could not tell right from wrong")
     if problems:
         raise AutograderError(f"{source_notebook}: the reference solution does not pass its own tests: "
                               + "; ".join(problems) + ". Fix the source notebook, then grade again.")
-    return {"source_sha256": sha256_of(source_notebook), "cells": cells}
+    return {"source_sha256": sha256_of(source_notebook), "cells": cells, "stock_cells": stock,
+            "warnings": warnings}
 
 
 def ensure(source_notebook: Path, reference_dir: Path, assignment: str) -> Path:
@@ -60,7 +72,8 @@ def ensure(source_notebook: Path, reference_dir: Path, assignment: str) -> Path:
     target = reference_dir / assignment / f"{source_notebook.stem}.json"
     if target.is_file():
         try:
-            if json.loads(target.read_text()).get("source_sha256") == sha256_of(source_notebook):
+            stored = json.loads(target.read_text())
+            if stored.get("source_sha256") == sha256_of(source_notebook) and "stock_cells" in stored:
                 return target
         except (json.JSONDecodeError, OSError):
             pass  # a damaged reference is simply recomputed

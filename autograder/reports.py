@@ -7,6 +7,7 @@ cannot make a wrong answer produce them. Everything here is pure: notebooks in, 
 """
 from __future__ import annotations
 
+import ast
 import math
 from dataclasses import dataclass, field
 
@@ -14,8 +15,19 @@ REPORT_MIME = "application/vnd.cicd-course.check+json"
 
 
 def is_grade_cell(cell) -> bool:
+    """An autograded test cell (a code cell with points that is not itself an answer to grade by hand)."""
     meta = cell.get("metadata", {}).get("nbgrader", {})
-    return bool(meta.get("grade")) and cell.get("cell_type") == "code"
+    return bool(meta.get("grade")) and not meta.get("solution") and cell.get("cell_type") == "code"
+
+
+def calls_report(source: str) -> bool:
+    """Whether a test cell's code calls report(): if not, it is a stock nbgrader (assert-only) test."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return "report(" in source
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "report"
+               for node in ast.walk(tree))
 
 
 def grade_id(cell) -> str | None:
@@ -88,6 +100,19 @@ def decide(cell, expected: list[dict] | None, incident: str = "") -> Verdict:
         failed.append(f"{len(got)} results recorded where {len(expected)} were expected")
     if failed:
         return Verdict(gid, False, "wrong result for: " + ", ".join(failed), failed)
+    return Verdict(gid, True)
+
+
+def decide_stock(cell, incident: str = "") -> Verdict:
+    """Stock nbgrader's rule for an assert-only test cell: it passes when it ran and raised no error.
+    Forgeable by design (a submission can silence its asserts); `lint` says so."""
+    gid = grade_id(cell) or "?"
+    errors = errors_of(cell)
+    if errors:
+        first = errors[0]
+        return Verdict(gid, False, f"{first.get('ename', 'Error')}: {first.get('evalue', '')}".strip().rstrip(":"))
+    if cell.get("execution_count") is None:
+        return Verdict(gid, False, incident or "the test did not run")
     return Verdict(gid, True)
 
 

@@ -4,9 +4,10 @@ Each attack in tests/fixtures/attacks/ is a real submission. It is graded twice:
 nbgrader 0.9.6 (plain `autograde` on the raw submission, default settings), to show the attack
 really works there, and by our pipeline, which must give exactly the expected points.
 """
+import base64
 import html as html_lib
-import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -16,8 +17,7 @@ from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 
-from autograder import course, samples
-from autograder.config import ClassPaths
+from autograder import course, lint, samples
 from autograder.sandbox import isolation_status
 from conftest import fixture_notebook, make_course_copy, submit_directly
 
@@ -128,6 +128,16 @@ def _stock_fell_for(kind, name, outcomes, scores, autograded):
     return f"unknown stock outcome {kind!r}"
 
 
+def test_lint_refused_every_cell_the_forger_passes(classroom):
+    """The forger of issue 10 (every statement alone, booleans forced to True), graded for real:
+    every cell it passes is one that lint refuses at release (after the exercises report
+    answer-derived values, it passes none: test_our_grade_for_each_attack)."""
+    paths, ours = classroom
+    passed = {c.grade_id for c in ours["forges_every_statement"].cells if c.max_points and c.points == c.max_points}
+    refused = {f.grade_id for f in lint.lint_assignment(paths, ASSIGNMENT) if f.severity == "error"}
+    assert passed <= refused, f"the forger passed {passed - refused}, which lint let through"
+
+
 def test_reasons_say_what_happened(classroom):
     paths, ours = classroom
     assert "time limit" in ours["infinite_loop"].reason or any(
@@ -179,8 +189,65 @@ def test_feedback_shows_names_docstrings_and_messages_never_hidden_test_code(cla
     assert "The gate rejects missing and duplicated learner ids" in text  # the docstring
 
 
+LEAKERS = ["prints_test_source", "raises_test_source", "only_when_graded"]
+
+
+def feedback_text(paths, student, folder="feedback"):
+    return html_lib.unescape((paths.class_dir / folder / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+
+
+def hidden_lines_found(paths, text):
+    """Hidden test lines in a text: plain, reversed, or inside any base64 blob."""
+    decoded = []
+    for blob in re.findall(r"[A-Za-z0-9+/]{40,}={0,2}", text):
+        try:
+            decoded.append(base64.b64decode(blob + "=" * (-len(blob) % 4)).decode("utf-8", "replace"))
+        except ValueError:
+            pass
+    haystacks = [text, text[::-1], *decoded]
+    return [line for line in hidden_test_lines(paths) if any(line in h for h in haystacks)]
+
+
+@pytest.fixture(scope="module")
+def leak_feedback(classroom):
+    paths, _ = classroom
+    for student in LEAKERS:
+        course.feedback(paths, ASSIGNMENT, student)
+    return paths
+
+
+@pytest.mark.parametrize("student", LEAKERS)
+def test_no_hidden_test_line_reaches_the_learner(leak_feedback, student):
+    text = feedback_text(leak_feedback, student)
+    assert not hidden_lines_found(leak_feedback, text), f"{student}'s feedback shows hidden test code"
+    assert "Grader: " in text  # the grader's own verdict per test is there
+
+
+def test_the_leaking_attacks_are_real(classroom):
+    """Shown the graded notebook's outputs (today's feedback before this guarantee, code hidden
+    but outputs kept), the printing and raising attacks do read the hidden tests."""
+    paths, _ = classroom
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import GetGrades
+    from autograder.preprocessors import HideTestSource
+    grader = course.api(paths, GenerateFeedback={"preprocessors": [GetGrades, HideTestSource, CSSHTMLHeaderPreprocessor]},
+                        CourseDirectory={"feedback_directory": str(paths.class_dir / "old-feedback")})
+    for student in ("prints_test_source", "raises_test_source"):
+        assert grader.generate_feedback(ASSIGNMENT, student, force=True)["success"]
+        assert len(hidden_lines_found(paths, feedback_text(paths, student, "old-feedback"))) > 10, student
+
+
+@pytest.mark.skipif(isolation_status() != "bubblewrap", reason="needs bubblewrap: " + isolation_status())
+def test_feedback_keeps_visible_failure_messages(leak_feedback):
+    """A wrong answer that hid itself only while graded fails its visible tests in the feedback run,
+    and the learner reads their messages."""
+    text = feedback_text(leak_feedback, "only_when_graded")
+    assert "AssertionError: validate_training_data" in text
+    assert "checks without the expected result" in text
+
+
 def test_stock_feedback_does_leak_hidden_tests(classroom):
-    """Why HideTestSource exists: nbgrader's own feedback prints the hidden tests."""
+    """Why VisibleOnlyFeedback exists: nbgrader's own feedback prints the hidden tests."""
     paths, _ = classroom
     c = Config()
     c.CourseDirectory.root = str(paths.repo)
@@ -192,32 +259,3 @@ def test_stock_feedback_does_leak_hidden_tests(classroom):
     html = html_lib.unescape(
         (paths.class_dir / "stock-feedback" / VICTIM / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
     assert any(line in html for line in hidden_test_lines(paths))
-
-
-FORGER = '''
-from IPython import get_ipython
-from IPython.display import display as _show
-get_ipython().set_custom_exc((BaseException,), lambda shell, etype, value, tb, tb_offset=None: None)
-
-
-def report(check, value):
-    _show({"application/vnd.cicd-course.check+json": {"check": check, "value": FORGED}}, raw=True)
-'''
-
-
-@pytest.mark.parametrize("assignment", course.assignments(ClassPaths.resolve(repo=Path(__file__).resolve().parent.parent)))
-def test_forged_constant_reports_earn_nothing_in_any_exercise(assignment, tmp_path):
-    """Unanswered, asserts silenced, every report forced to one constant: no test cell may pass.
-    This holds only if each test cell reports values a constant cannot match."""
-    paths = make_course_copy(tmp_path)
-    course.generate(paths, assignment)
-    released = nbformat.read(paths.release / assignment / f"{assignment}.ipynb", as_version=4)
-    setup_at = next(i for i, c in enumerate(released.cells) if c.id == "setup")
-    for constant in ("True", "False", "None", "0", "[]"):
-        nb = nbformat.from_dict(json.loads(nbformat.writes(released)))
-        forger = nbformat.v4.new_code_cell(FORGER.replace("FORGED", constant))
-        nb.cells.insert(setup_at + 1, forger)
-        submit_directly(paths, f"forges_{constant.strip('[]') or 'list'}", assignment, nb)
-    for result in course.grade(paths, assignment):
-        passed = [c.grade_id for c in result.cells if c.max_points and c.points == c.max_points]
-        assert result.score == 0, f"{result.student} earned {result.score} on {passed}"

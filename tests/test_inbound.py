@@ -1,0 +1,179 @@
+"""collect accepts only regular files inside the inbound folder, owned by the learner they claim to be.
+
+End to end: a learner plants a link to the solution notebook in the exchange's inbound folder.
+Stock nbgrader collects the solution as that learner's work; ours refuses it with a note in the
+grade table, grades nothing of it, and the learner's feedback holds no line of the solution.
+"""
+import html
+import os
+import pwd
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder import course, inbound
+from conftest import fixture_notebook, make_course_copy
+
+ASSIGNMENT = "ex02_data_gate"
+STAMP = "2026-11-30 12:00:00.000000 UTC"
+
+
+def inbound_dir(paths):
+    return paths.exchange / "cicd-for-models" / "inbound"
+
+
+def entry(paths, student, stamp=STAMP):
+    folder = inbound_dir(paths) / f"{student}+{ASSIGNMENT}+{stamp}+{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    (folder / "timestamp.txt").write_text(stamp)
+    return folder
+
+
+def solution_lines(paths):
+    source = nbformat.read(paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    lines = []
+    for cell in source.cells:
+        if "### BEGIN SOLUTION" in cell.source:
+            block = cell.source.split("### BEGIN SOLUTION")[1].split("### END SOLUTION")[0]
+            lines += [line.strip() for line in block.splitlines() if len(line.strip()) > 30]
+    assert lines
+    return lines
+
+
+@pytest.fixture(scope="module")
+def exchange_with_links(tmp_path_factory):
+    paths = make_course_copy(tmp_path_factory.mktemp("inbound"))
+    course.generate(paths, ASSIGNMENT)
+    solution = paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    nbformat.write(fixture_notebook(paths, ASSIGNMENT, "correct"), entry(paths, "ada") / f"{ASSIGNMENT}.ipynb")
+    (entry(paths, "mallory") / f"{ASSIGNMENT}.ipynb").symlink_to(solution)  # a link to the solution
+    (inbound_dir(paths) / f"trudy+{ASSIGNMENT}+{STAMP}+0").symlink_to(solution.parent)  # a linked folder
+    os.mkfifo(entry(paths, "eve") / f"{ASSIGNMENT}.ipynb")  # not a regular file (a reader would hang)
+    return paths, solution
+
+
+def test_stock_nbgrader_collects_the_linked_solution(exchange_with_links, tmp_path):
+    """The attack is real: nbgrader's collect reads through the link with the instructor's rights."""
+    paths, _ = exchange_with_links
+    exchange = tmp_path / "exchange"  # the same inbound without the pipe, on which nbgrader's collect fails
+    shutil.copytree(paths.exchange, exchange, symlinks=True, ignore=lambda d, names: [n for n in names if n.startswith("eve+")])
+    grader = course.api(paths, CourseDirectory={"submitted_directory": str(tmp_path / "stock-submitted")},
+                        Exchange={"root": str(exchange)})
+    assert grader.collect(ASSIGNMENT)["success"]
+    stolen = (tmp_path / "stock-submitted" / "mallory" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+    assert "### BEGIN SOLUTION" in stolen
+
+
+@pytest.fixture(scope="module")
+def collected(exchange_with_links):
+    paths, _ = exchange_with_links
+    students = course.collect(paths, ASSIGNMENT)
+    results = {r.student: r for r in course.grade(paths, ASSIGNMENT)}
+    return paths, students, results
+
+
+def test_links_and_pipes_are_refused_with_a_note_in_the_grade_table(collected):
+    paths, students, results = collected
+    assert set(students) == {"ada", "mallory", "trudy", "eve"}
+    assert results["ada"].score == 10
+    for student, why in [("mallory", "is a link"), ("trudy", "is a link, not a folder"), ("eve", "is a pipe")]:
+        assert results[student].score == 0, student
+        assert why in results[student].reason, results[student].reason
+    for student in ("mallory", "trudy", "eve"):
+        assert not list((paths.submitted / student / ASSIGNMENT).glob("*.ipynb")), "nothing may be read through it"
+
+
+def test_no_solution_text_reaches_the_learner_who_planted_the_link(collected):
+    paths, _, _ = collected
+    course.feedback(paths, ASSIGNMENT, "mallory")
+    text = html.unescape((paths.feedback / "mallory" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+    assert "was not collected: it is a link" in text
+    leaked = [line for line in solution_lines(paths) if line in text]
+    assert not leaked, leaked
+
+
+def test_collect_command_prints_the_refusals(exchange_with_links):
+    from autograder.cli import main
+    import contextlib
+    import io
+    paths, _ = exchange_with_links
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["collect", ASSIGNMENT, "--class-dir", str(paths.class_dir),
+                     "--exchange", str(paths.exchange)]) == 0
+    assert "note: mallory: " in err.getvalue() and "link" in err.getvalue()
+
+
+def test_collect_before_anyone_submitted_says_what_to_do(tmp_path):
+    paths = make_course_copy(tmp_path)
+    with pytest.raises(course.AutograderError, match="nothing has been submitted"):
+        course.collect(paths, ASSIGNMENT)
+
+
+# --- owners, with real throwaway Unix users --------------------------------------------------
+
+@pytest.fixture
+def two_users():
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the uid rule must be tested in CI: run the suite as root (throwaway users)")
+        pytest.skip("needs root to create throwaway users")
+    names = [f"cicd{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for name in names:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        yield [(name, pwd.getpwnam(name).pw_uid) for name in names]
+    finally:
+        for name in names:
+            subprocess.run(["userdel", name], check=False)
+
+
+def owned(path: Path, uid: int) -> Path:
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, uid, uid, follow_symlinks=False)
+    return path
+
+
+def test_a_submission_must_belong_to_the_learner_it_claims_to_be(tmp_path, two_users):
+    (alice, alice_uid), (bob, bob_uid) = two_users
+    paths = make_course_copy(tmp_path)
+    released = (paths.release / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+    real = entry(paths, bob, "2026-11-30 10:00:00.000000 UTC")
+    (real / f"{ASSIGNMENT}.ipynb").write_text(released)
+    owned(real, bob_uid)
+    forged = entry(paths, bob, "2026-11-30 11:00:00.000000 UTC")  # newer, planted by alice
+    (forged / f"{ASSIGNMENT}.ipynb").write_text(released.replace("YOUR CODE HERE", "alice was here"))
+    owned(forged, alice_uid)
+    own = entry(paths, alice)
+    (own / f"{ASSIGNMENT}.ipynb").write_text(released)
+    (own / "extra.txt").write_text("someone else's file")
+    owned(own, alice_uid)
+    os.chown(own / "extra.txt", bob_uid, bob_uid)
+    nobody_known = entry(paths, "no_such_account")
+    owned(nobody_known, alice_uid)
+
+    students = course.collect(paths, ASSIGNMENT)
+    assert set(students) == {alice, bob, "no_such_account"}
+    bobs = (paths.submitted / bob / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+    assert "alice was here" not in bobs, "the forged newer entry must not replace bob's own"
+    assert any(f"claims to be {bob} but belongs to {alice}" in n for n in inbound.notes_of(paths.submitted / bob / ASSIGNMENT))
+    assert (paths.submitted / alice / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").is_file()
+    assert not (paths.submitted / alice / ASSIGNMENT / "extra.txt").exists()
+    assert any("extra.txt was not collected" in n for n in inbound.notes_of(paths.submitted / alice / ASSIGNMENT))
+    assert not list((paths.submitted / "no_such_account" / ASSIGNMENT).glob("*.ipynb"))
+    assert any("has no account here" in n for n in inbound.notes_of(paths.submitted / "no_such_account" / ASSIGNMENT))
+
+
+def test_a_learner_with_an_account_cannot_be_submitted_for_by_the_grader(tmp_path, two_users):
+    """On a machine where the learner has an account, even the grader's own account cannot hand
+    in for them (a copy placed by hand goes through `submit_directly`, not the exchange)."""
+    (alice, _), _ = two_users
+    paths = make_course_copy(tmp_path)
+    (entry(paths, alice) / f"{ASSIGNMENT}.ipynb").write_text("{}")
+    course.collect(paths, ASSIGNMENT)
+    assert not list((paths.submitted / alice / ASSIGNMENT).glob("*.ipynb"))
+    assert any("belongs to root" in n for n in inbound.notes_of(paths.submitted / alice / ASSIGNMENT))

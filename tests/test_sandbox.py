@@ -1,7 +1,7 @@
 """The sandbox holds per submission, as root and as an unprivileged instructor.
 
-Each attack is a real submission (a correct answer plus one more cell of the attacker's own),
-graded by `course.grade` in one class with a victim. Limits are set small for the test through
+Each attack is a real submission (a correct answer plus cells of the attacker's own, run after
+every test cell), graded by `course.grade` as one class. Limits are set small for the test through
 the environment (CICD_MEMORY_LIMIT and friends, the same knobs an instructor has). The class is
 graded twice: by the suite's own user (root here), and by a throwaway unprivileged user that the
 suite creates with useradd (or by the suite itself when it already runs unprivileged).
@@ -21,6 +21,7 @@ import pytest
 from nbclient import NotebookClient
 
 from autograder import AutograderError, course, sandbox
+from autograder.config import ClassPaths
 from autograder.sandbox import Limits, Sandbox, SandboxedKernelManager, isolation_status
 from conftest import REPO, fixture_notebook, make_course_copy, skip_or_fail, submit_directly
 
@@ -133,15 +134,19 @@ print("LISTING", json.dumps({p: sorted(os.listdir(p)) for p in ("/home", "/root"
 
 # --- the class, graded as root and as an unprivileged user ---------------------------------------
 
+# Attacks that may cost the kernel its life run alone; the others share one submission.
+SUBMISSIONS = {"memory": ["memory"], "cpu": ["cpu"], "disk_processes_walk": ["disk", "processes", "walk"]}
+WHERE = {attack: student for student, attacks in SUBMISSIONS.items() for attack in attacks}
+
+
 def build_class(root: Path):
     paths = make_course_copy(root)
     course.generate(paths, ASSIGNMENT)
     correct = fixture_notebook(paths, ASSIGNMENT, "correct")
-    submit_directly(paths, "aaa_victim", ASSIGNMENT, correct)
-    for name, code in ATTACKS.items():
+    for student, attacks in SUBMISSIONS.items():
         nb = nbformat.from_dict(json.loads(nbformat.writes(correct)))
-        nb.cells.append(nbformat.v4.new_code_cell(code))
-        submit_directly(paths, name, ASSIGNMENT, nb)
+        nb.cells += [nbformat.v4.new_code_cell(ATTACKS[name]) for name in attacks]
+        submit_directly(paths, student, ASSIGNMENT, nb)
     return paths
 
 
@@ -200,15 +205,24 @@ def grade_as(user, root: Path):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def class_template(tmp_path_factory):
+    """The class, released and with its reference results, built once for both runs."""
+    root = tmp_path_factory.mktemp("sandbox-class")
+    course.prepare_reference(build_class(root), ASSIGNMENT)
+    return root
+
+
 @pytest.fixture(scope="module", params=["root", "unprivileged"])
-def attacked_class(request, throwaway_user):
+def attacked_class(request, throwaway_user, class_template):
     if isolation_status() != "bubblewrap":
         skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
     mode = request.param
     root = Path(tempfile.mkdtemp(prefix=f"cicd-sandbox-{mode}-"))
     clones = plant_solution_clones([Path(tempfile.gettempdir()), Path("/var/tmp"), Path("/srv"), Path("/opt")])
     try:
-        paths = build_class(root)
+        shutil.copytree(class_template, root, dirs_exist_ok=True)
+        paths = ClassPaths(root / "repo", root / "class", root / "exchange")
         clones += plant_solution_clones([paths.class_dir])  # inside the class folder too
         if mode == "root":
             if os.geteuid() != 0:
@@ -227,11 +241,11 @@ def attacked_class(request, throwaway_user):
             shutil.rmtree(clone, ignore_errors=True)
 
 
-def attack_output(paths, name):
-    """(text printed by the attacker's own cell, the incident the grader recorded or '')."""
-    nb = nbformat.read(paths.autograded / name / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
-    last = nb.cells[-1]
-    text = "".join(o.get("text", "") for o in last.get("outputs", []) if o.get("output_type") == "stream")
+def attack_output(paths, attack):
+    """(text printed by the attacker's own cells, the incident the grader recorded or '')."""
+    nb = nbformat.read(paths.autograded / WHERE[attack] / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.get("id", "").startswith("learner-cell")
+                   for o in cell.get("outputs", []) if o.get("output_type") == "stream")
     return text, nb.metadata.get("cicd_grading", {}).get("incident", "")
 
 
@@ -240,9 +254,9 @@ def printed(text, key):
     return values[-1] if values else None
 
 
-def test_every_submission_is_graded_and_the_victim_is_untouched(attacked_class):
+def test_every_submission_is_graded_after_the_attacks(attacked_class):
     mode, paths, results = attacked_class
-    assert set(results) == {"aaa_victim", *ATTACKS}
+    assert set(results) == set(SUBMISSIONS)
     for name, result in results.items():
         assert not result["error"], f"{mode}/{name}: {result['error']}"
         assert result["isolation"] == "bubblewrap"
@@ -308,7 +322,7 @@ def test_a_walk_of_every_readable_file_finds_no_solutions(attacked_class):
 def test_limits_come_from_the_environment_and_bad_values_say_what_to_do():
     limits = Limits.from_environment(LIMITS_ENV)
     assert (limits.memory_bytes, limits.processes, limits.disk_bytes, limits.cpu_seconds) == \
-        (512 * MiB, 64, 64 * MiB, 4)
+        (512 * MiB, 64, 64 * MiB, 5)
     assert Limits.from_environment({}).memory_bytes == 3 * 1024**3
     with pytest.raises(AutograderError, match="CICD_MEMORY_LIMIT must be a size such as 512M"):
         Limits.from_environment({"CICD_MEMORY_LIMIT": "lots"})
@@ -358,7 +372,7 @@ def run_in_sandbox(code: str, limits: Limits, folder: Path):
         client.execute()
     except Exception as err:  # the kernel was stopped; the manager says why
         return [repr(err)], km
-    return [o.get("text", "") for o in nb.cells[0].outputs], km
+    return [o["text"] for o in nb.cells[0].outputs if o.get("output_type") == "stream"], km
 
 
 def test_the_watchdog_stops_a_cpu_burner_and_says_which_limit(tmp_path):

@@ -50,6 +50,7 @@ ASSIGNMENT_COPY = "/run/cicd-assignment"  # read-only; copied into the scratch f
 IPC_INSIDE = "/run/cicd-ipc"  # the kernel's sockets and connection file, seen by the grader on the host
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WATCH_INTERVAL = 0.2  # seconds between two looks of the watchdog
+IPC_FOLDER_BYTES = 1024**2  # the connection file and sockets take a few hundred bytes
 MIN_ADDRESS_SPACE = 1024**3  # a Python kernel with numpy reserves more address space than it uses
 
 # The operating system's runtime files. Whole folders of /etc are not needed: the loader's
@@ -563,13 +564,25 @@ def process_tree(root: int) -> dict[int, tuple[float, int]]:
     return tree
 
 
+def _bytes_in(folder: Path) -> int:
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 class Watchdog(threading.Thread):
     """Kills a sandbox whose processes together pass the CPU budget (or, without a cgroup, the
     memory budget); `verdict` then says which limit was passed."""
 
-    def __init__(self, root_pid: int, limits: Limits, cgroup: Cgroup | None, kill):
+    def __init__(self, root_pid: int, limits: Limits, cgroup: Cgroup | None, kill, ipc_dir: Path | None = None):
         super().__init__(daemon=True, name=f"cicd-watchdog-{root_pid}")
         self.root_pid, self.limits, self.cgroup, self.kill = root_pid, limits, cgroup, kill
+        self.ipc_dir = ipc_dir
         self.verdict = ""
         self._stop_event = threading.Event()
 
@@ -586,7 +599,10 @@ class Watchdog(threading.Thread):
             if cpu is None:
                 cpu = sum(c for c, _ in tree.values())
             resident = sum(r for _, r in tree.values())
-            if cpu > self.limits.cpu_seconds:
+            if self.ipc_dir is not None and _bytes_in(self.ipc_dir) > IPC_FOLDER_BYTES:
+                self.verdict = ("the submission wrote files into the folder it shares with the grader "
+                                "(only the kernel's sockets belong there) and was stopped")
+            elif cpu > self.limits.cpu_seconds:
                 self.verdict = (f"the submission used more than its {self.limits.cpu_seconds} s of CPU time "
                                 f"(all its processes together) and was stopped")
             elif not memory_by_cgroup and resident > self.limits.memory_bytes:
@@ -659,7 +675,9 @@ class SandboxedKernelManager(AsyncKernelManager):
         await super()._async_post_start_kernel(**kw)
         pid = getattr(self.provisioner, "pid", None)
         if pid:
-            self._watchdog = Watchdog(pid, self.sandbox.limits, self._cgroup, self._kill_tree)
+            # The socket folder is the one place on the host the kernel can write to: watched.
+            self._watchdog = Watchdog(pid, self.sandbox.limits, self._cgroup, self._kill_tree,
+                                      self._ipc_dir if self.sandbox.isolated else None)
             self._watchdog.start()
 
     def _kill_tree(self, tree: dict[int, tuple[float, int]]) -> None:

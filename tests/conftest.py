@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autograder import course, samples  # noqa: E402
+from autograder.sandbox import python_roots  # noqa: E402
 from autograder.config import ClassPaths  # noqa: E402
 
 
@@ -99,17 +100,19 @@ class ThrowawayUser:
             os.chown(path, self.uid, self.gid, follow_symlinks=False)
 
     def command(self, argv: list[str], env: dict[str, str]) -> list[str]:
-        """argv run as this user, in a private mount namespace where the Python installation is
-        reachable even if it lives under a folder the user cannot enter (pyenv under /root)."""
-        steps = []
-        for root in sorted(_python_roots_needing_a_path()):
-            blocked = _first_blocked_parent(Path(root))
-            stash = f"/run/cicd-stash-{abs(hash(root))}"
-            steps += [f"mkdir -p {stash}", f"mount --bind {shlex.quote(root)} {stash}",
-                      f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(blocked))}",
-                      f"mkdir -p {shlex.quote(root)}", f"mount --bind {stash} {shlex.quote(root)}"]
+        """argv run as this user, in a private mount namespace where the Python installation and
+        the repository are reachable even if they live under a folder the user cannot enter
+        (pyenv under /root, a checkout under a 0750 home, a venv under a 0700 mktemp folder)."""
+        needed = sorted(r for r in {*python_roots(), str(REPO)} if _first_blocked_parent(Path(r)))
+        blocked = sorted({str(_first_blocked_parent(Path(r))) for r in needed}, key=len)
+        blocked = [b for b in blocked if not any(b != o and b.startswith(o + "/") for o in blocked)]
+        quote = shlex.quote
+        steps = ["mount -t tmpfs -o mode=0700 tmpfs /mnt"] if needed else []  # the stash, private
+        steps += [f"mkdir /mnt/{i} && mount --bind {quote(r)} /mnt/{i}" for i, r in enumerate(needed)]
+        steps += [f"mount -t tmpfs -o mode=0755 tmpfs {quote(b)}" for b in blocked]
+        steps += [f"mkdir -p {quote(r)} && mount --bind /mnt/{i} {quote(r)}" for i, r in enumerate(needed)]
         env_args = [f"{k}={v}" for k, v in env.items()]
-        run = " ".join(shlex.quote(a) for a in ["runuser", "-u", self.name, "--", "env", "-i", *env_args, *argv])
+        run = " ".join(quote(a) for a in ["runuser", "-u", self.name, "--", "env", "-i", *env_args, *argv])
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", "; ".join(steps + [f"exec {run}"])]
 
     def processes(self) -> list[int]:
@@ -128,11 +131,6 @@ def _first_blocked_parent(path: Path) -> Path | None:
         if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
             return parent
     return None
-
-
-def _python_roots_needing_a_path() -> list[str]:
-    from autograder.sandbox import python_roots
-    return [r for r in python_roots() if _first_blocked_parent(Path(r)) is not None]
 
 
 @pytest.fixture(scope="session")

@@ -400,3 +400,15 @@ def test_the_kernel_works_in_a_copy_and_leaves_nothing_behind(tmp_path):
     assert (tmp_path / "data.csv").read_text() == "a,b\n1,2\n" and not (tmp_path / "new.txt").exists()
     assert not km._scratch.exists()
     assert km._cgroup is None
+
+
+def test_writing_into_the_socket_folder_stops_the_kernel(tmp_path):
+    """The socket folder is on the host's disk, so the kernel must not fill it (it knows our source)."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    outputs, km = run_in_sandbox(
+        "import time\npiece = b'x' * (8 * 1024**2)\n"
+        "for i in range(400):\n    open(f'/run/cicd-ipc/fill-{i}', 'wb').write(piece)\n    time.sleep(0.01)\n"
+        "print('wrote 3.2 GB')", LIMITS, tmp_path)
+    assert "wrote 3.2 GB" not in "".join(outputs)
+    assert "folder it shares with the grader" in km.limit_exceeded, km.limit_exceeded

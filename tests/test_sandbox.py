@@ -412,3 +412,12 @@ def test_writing_into_the_socket_folder_stops_the_kernel(tmp_path):
         "print('wrote 3.2 GB')", LIMITS, tmp_path)
     assert "wrote 3.2 GB" not in "".join(outputs)
     assert "folder it shares with the grader" in km.limit_exceeded, km.limit_exceeded
+
+
+def test_what_ci_needs_is_a_failure_there_and_a_skip_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true, so this is a failure"):
+        skip_or_fail("bubblewrap is missing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        skip_or_fail("bubblewrap is missing")

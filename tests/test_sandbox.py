@@ -421,3 +421,27 @@ def test_what_ci_needs_is_a_failure_there_and_a_skip_elsewhere(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         skip_or_fail("bubblewrap is missing")
+
+
+def test_a_course_kept_inside_a_shared_system_folder_stays_hidden(tmp_path):
+    """The allow-list shows /usr; a clone kept under /usr/local is still hidden when the grader
+    names it (course.hidden_from_students names the repository, class folder and exchange)."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    if not os.access("/usr/local/share", os.W_OK):
+        pytest.skip("/usr/local/share is not writable by this user")
+    clone = Path(tempfile.mkdtemp(prefix="cicd-clone-", dir="/usr/local/share"))
+    try:
+        (clone / "solution.ipynb").write_text(MARKER)
+        clone.chmod(0o755)
+        (clone / "solution.ipynb").chmod(0o644)
+        probe = ["/bin/sh", "-c", f"cat {clone}/solution.ipynb; ls /usr/local/share | grep -c cicd-clone || true"]
+        (tmp_path / "work").mkdir()
+        shown = subprocess.run(Sandbox(limits=LIMITS).command(probe, tmp_path / "work", "/home/learner/w", tmp_path),
+                               capture_output=True, text=True, timeout=60)
+        hidden = subprocess.run(Sandbox(hide=[str(clone)], limits=LIMITS).command(
+            probe, tmp_path / "work", "/home/learner/w", tmp_path), capture_output=True, text=True, timeout=60)
+        assert MARKER in shown.stdout  # the attack works when the clone is not named
+        assert MARKER not in hidden.stdout and hidden.returncode == 0, hidden.stderr
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)

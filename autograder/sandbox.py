@@ -535,6 +535,9 @@ def isolation_status() -> str:
 
 # --- the watchdog: CPU (and memory without a cgroup) for the whole process tree ------------------
 
+_TICKS, _PAGE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+
+
 def _proc_stat(pid: int) -> tuple[int, float, int] | None:
     """(parent pid, CPU seconds incl. reaped children, resident bytes) of a process."""
     try:
@@ -542,25 +545,56 @@ def _proc_stat(pid: int) -> tuple[int, float, int] | None:
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = sum(int(f) for f in fields[11:15]) / ticks  # utime, stime, cutime, cstime
-    return int(fields[1]), cpu, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    cpu = sum(int(f) for f in fields[11:15]) / _TICKS  # utime, stime, cutime, cstime
+    return int(fields[1]), cpu, int(fields[21]) * _PAGE
+
+
+def _children(pid: int) -> list[int] | None:
+    """Child pids from /proc/PID/task/TID/children; None where the kernel does not offer it."""
+    tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if not tasks and Path(f"/proc/{pid}/task").is_dir():
+        return None
+    found = []
+    for task in tasks:
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except OSError:
+            pass
+    return found
 
 
 def process_tree(root: int) -> dict[int, tuple[float, int]]:
-    """{pid: (CPU seconds, resident bytes)} of `root` and all its descendants."""
+    """{pid: (CPU seconds, resident bytes)} of `root` and all its descendants, root first.
+    Walks down from `root` where /proc lists children, else scans every process once."""
+    if _children(root) is None:
+        return _process_tree_by_scan(root)
+    tree, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop(0)
+        found = _proc_stat(pid)
+        if found is None or pid in tree:
+            continue
+        tree[pid] = found[1:]
+        frontier += _children(pid) or []
+    return tree
+
+
+def _process_tree_by_scan(root: int) -> dict[int, tuple[float, int]]:
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             found = _proc_stat(int(entry.name))
             if found:
                 stats[int(entry.name)] = found
+    children: dict[int, list[int]] = {}
+    for pid, (parent, *_) in stats.items():
+        children.setdefault(parent, []).append(pid)
     tree, frontier = {}, [root]
     while frontier:
-        pid = frontier.pop()
+        pid = frontier.pop(0)
         if pid in stats and pid not in tree:
             tree[pid] = stats[pid][1:]
-            frontier += [child for child, (parent, *_) in stats.items() if parent == pid]
+            frontier += children.get(pid, [])
     return tree
 
 

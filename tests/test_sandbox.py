@@ -364,6 +364,11 @@ def run_in_sandbox(code: str, limits: Limits, folder: Path):
     """One cell in a sandboxed kernel, straight through nbclient: (outputs, kernel manager)."""
     class Manager(SandboxedKernelManager):
         sandbox = Sandbox(limits=limits)
+        made_cgroup = None
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            self.made_cgroup = self._cgroup  # to check afterwards that it was removed
+            return super().format_kernel_cmd(extra_arguments)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     client = NotebookClient(nb, kernel_manager_class=Manager, timeout=30, allow_errors=True,
                             resources={"metadata": {"path": str(folder)}})
@@ -399,7 +404,10 @@ def test_the_kernel_works_in_a_copy_and_leaves_nothing_behind(tmp_path):
     assert outputs == [f"1 /home/learner/{tmp_path.name}\n"], outputs
     assert (tmp_path / "data.csv").read_text() == "a,b\n1,2\n" and not (tmp_path / "new.txt").exists()
     assert not km._scratch.exists()
-    assert km._cgroup is None
+    kind, _ = sandbox.cgroup_support()
+    assert (km.made_cgroup is not None) == bool(kind)
+    folders = list(getattr(km.made_cgroup, "folders", {}).values()) + [getattr(km.made_cgroup, "folder", None)]
+    assert not [f for f in folders if f is not None and f.exists()], "the submission's cgroup was left behind"
 
 
 def test_writing_into_the_socket_folder_stops_the_kernel(tmp_path):

@@ -26,6 +26,7 @@ says so (see `isolation_status`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -318,23 +319,36 @@ def cgroup_support() -> tuple[str, str]:
         tried.append("no systemd")
     parent = _writable_cgroup_v2_parent()
     if parent is not None:
-        try:
-            CgroupV2(Limits(), parent).remove()
+        problem = _try_cgroup(lambda: CgroupV2(Limits(), parent))
+        if not problem:
             return "cgroup v2", str(parent)
-        except OSError as err:
-            tried.append(f"cgroup v2 at {parent} refused a child ({err.strerror})")
+        tried.append(f"cgroup v2 at {parent}: {problem}")
     else:
         tried.append("no writable cgroup v2")
     if os.geteuid() == 0 and all((p := _own_cgroup_v1(c)) is not None and os.access(p, os.W_OK)
                                  for c in ("memory", "pids", "cpuacct")):
-        try:
-            CgroupV1(Limits()).remove()
+        problem = _try_cgroup(lambda: CgroupV1(Limits()))
+        if not problem:
             return "cgroup v1", str(CGROUP_ROOT)
-        except OSError as err:
-            tried.append(f"cgroup v1 refused a group ({err.strerror})")
+        tried.append(f"cgroup v1: {problem}")
     else:
         tried.append("no writable cgroup v1 (needs root)")
     return "", "; ".join(tried)
+
+
+def _try_cgroup(make) -> str:
+    """'' when a cgroup can be made and a process started inside it; else what went wrong."""
+    try:
+        group = make()
+    except OSError as err:
+        return f"could not make a group ({err.strerror})"
+    try:
+        done = _run_quietly(group.wrap(["true"]))
+        if done is None or done.returncode != 0:
+            return "could not move a process into it" + (f" ({done.stderr.strip()[:120]})" if done else "")
+        return ""
+    finally:
+        group.remove()
 
 
 def new_cgroup(limits: Limits) -> Cgroup | None:
@@ -731,7 +745,17 @@ class SandboxedKernelManager(AsyncKernelManager):
             if self._watchdog.verdict:
                 self.limit_exceeded = self._watchdog.verdict
         if getattr(self, "_cgroup", None):
+            # A kernel that died is not reaped by anyone yet; as a zombie it keeps its cgroup busy.
+            process = getattr(getattr(self, "provisioner", None), "process", None)
+            if process is not None:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    process.kill()
+                    process.wait(timeout=10)
             self._cgroup.remove()
             self._cgroup = None
         if getattr(self, "_scratch", None):
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # AsyncKernelManager binds its public name to the base class's function, which would skip
+    # the above when nbclient cleans up after a kernel that died.
+    cleanup_resources = _async_cleanup_resources

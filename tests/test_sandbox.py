@@ -392,6 +392,22 @@ def test_the_watchdog_stops_a_cpu_burner_and_says_which_limit(tmp_path):
     assert "CPU time" in km.limit_exceeded and "2 s" in km.limit_exceeded, km.limit_exceeded
 
 
+def assert_nothing_left(km):
+    assert not km._scratch.exists(), "the scratch folder was left behind"
+    kind, _ = sandbox.cgroup_support()
+    assert (km.made_cgroup is not None) == bool(kind)
+    folders = list(getattr(km.made_cgroup, "folders", {}).values()) + [getattr(km.made_cgroup, "folder", None)]
+    assert not [f for f in folders if f is not None and f.exists()], "the submission's cgroup was left behind"
+
+
+def test_a_kernel_that_kills_itself_leaves_nothing_behind(tmp_path):
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    outputs, km = run_in_sandbox("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", LIMITS, tmp_path)
+    assert "DeadKernelError" in "".join(outputs)
+    assert_nothing_left(km)
+
+
 def test_the_kernel_works_in_a_copy_and_leaves_nothing_behind(tmp_path):
     """It sees its assignment files in a scratch copy; what it writes never reaches the host,
     and its cgroup and scratch folder are gone afterwards."""
@@ -403,11 +419,7 @@ def test_the_kernel_works_in_a_copy_and_leaves_nothing_behind(tmp_path):
         "open('data.csv', 'w').write('gone')\nopen('new.txt', 'w').write('x')", LIMITS, tmp_path)
     assert outputs == [f"1 /home/learner/{tmp_path.name}\n"], outputs
     assert (tmp_path / "data.csv").read_text() == "a,b\n1,2\n" and not (tmp_path / "new.txt").exists()
-    assert not km._scratch.exists()
-    kind, _ = sandbox.cgroup_support()
-    assert (km.made_cgroup is not None) == bool(kind)
-    folders = list(getattr(km.made_cgroup, "folders", {}).values()) + [getattr(km.made_cgroup, "folder", None)]
-    assert not [f for f in folders if f is not None and f.exists()], "the submission's cgroup was left behind"
+    assert_nothing_left(km)
 
 
 def test_writing_into_the_socket_folder_stops_the_kernel(tmp_path):

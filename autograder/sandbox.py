@@ -380,8 +380,8 @@ def enforcement(limits: Limits | None = None) -> dict[str, tuple[bool, str]]:
         result["processes"] = (True, f"{limits.processes} processes and threads ({kind})")
     else:
         result["memory"] = (False, f"{why_no_cgroup}: each process is capped at {limits.address_space_bytes / 1024**3:.2g} GiB "
-                                   f"of address space, and a watchdog kills the submission when its processes' resident "
-                                   f"memory passes {gib:.2g} GiB in total, checked every {WATCH_INTERVAL} s")
+                                   f"of address space, and a watchdog kills the submission when its processes' memory "
+                                   f"(Pss) passes {gib:.2g} GiB in total, checked every {WATCH_INTERVAL} s")
         result["processes"] = (False, f"{why_no_cgroup}: RLIMIT_NPROC allows {limits.processes} processes and threads more "
                                       f"than the kernel's user already runs, shared by all submissions graded at once")
     if isolated:
@@ -612,6 +612,18 @@ def _process_tree_by_scan(root: int) -> dict[int, tuple[float, int]]:
     return tree
 
 
+def _proportional_memory(pid: int, resident: int) -> int:
+    """A process's memory with pages shared among several processes split between them (Pss),
+    so a fork of a big process is not counted twice; its resident size where Pss is unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resident
+
+
 def _bytes_in(folder: Path) -> int:
     total = 0
     for parent, _, files in os.walk(folder):
@@ -646,7 +658,9 @@ class Watchdog(threading.Thread):
             cpu = self.cgroup.cpu_seconds() if self.cgroup else None
             if cpu is None:
                 cpu = sum(c for c, _ in tree.values())
-            resident = sum(r for _, r in tree.values())
+            resident = 0 if memory_by_cgroup else sum(r for _, r in tree.values())
+            if resident > self.limits.memory_bytes:  # resident sizes count shared pages again for each process
+                resident = sum(_proportional_memory(pid, r) for pid, (_, r) in tree.items())
             if self.ipc_dir is not None and _bytes_in(self.ipc_dir) > IPC_FOLDER_BYTES:
                 self.verdict = ("the submission wrote files into the folder it shares with the grader "
                                 "(only the kernel's sockets belong there) and was stopped")

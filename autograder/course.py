@@ -156,8 +156,10 @@ def grading_preprocessors() -> list:
 
 
 def hidden_from_students(paths: ClassPaths) -> list[str]:
-    """Everything a student kernel must not read: the course repository (solutions, .git),
-    the class folder (gradebook, references, everyone's submissions) and the exchange."""
+    """What a student kernel must not read even where it lies inside a folder the sandbox shows
+    (the sandbox shows only the system's and Python's own folders, so this matters for a course
+    kept under /usr/local, say): the course repository (solutions, .git), the class folder
+    (gradebook, references, everyone's submissions) and the exchange."""
     return [str(p) for p in (paths.repo, paths.class_dir, paths.exchange)]
 
 

@@ -1,6 +1,13 @@
 """Shared fixtures: a throwaway copy of the course with a class folder, and graded fixture classes."""
+import os
+import pwd
+import re
+import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -10,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autograder import course, samples  # noqa: E402
+from autograder.sandbox import python_roots  # noqa: E402
 from autograder.config import ClassPaths  # noqa: E402
 
 
@@ -65,3 +73,88 @@ def graded_fixtures(tmp_path_factory):
 @pytest.fixture
 def course_copy(tmp_path):
     return make_course_copy(tmp_path)
+
+
+# --- what CI must not skip ---------------------------------------------------------------------
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer's machine; under CI=true a missing capability is a failure, so a run
+    can never go green with the sandbox, the browser or the unprivileged path untested."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true, so this is a failure, not a skip: {reason}")
+    pytest.skip(reason)
+
+
+# --- a throwaway unprivileged user (when the suite runs as root) --------------------------------
+
+class ThrowawayUser:
+    """A user created for the test run with useradd and removed with userdel at the end."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.uid = pwd.getpwnam(name).pw_uid
+        self.gid = pwd.getpwnam(name).pw_gid
+
+    def own(self, folder: Path) -> None:
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+
+    def command(self, argv: list[str], env: dict[str, str]) -> list[str]:
+        """argv run as this user, in a private mount namespace where the Python installation and
+        the repository are reachable even if they live under a folder the user cannot enter
+        (pyenv under /root, a checkout under a 0750 home, a venv under a 0700 mktemp folder)."""
+        needed = sorted(r for r in {*python_roots(), str(REPO)} if _first_blocked_parent(Path(r)))
+        blocked = sorted({str(_first_blocked_parent(Path(r))) for r in needed}, key=len)
+        blocked = [b for b in blocked if not any(b != o and b.startswith(o + "/") for o in blocked)]
+        quote = shlex.quote
+        steps = ["mount -t tmpfs -o mode=0700 tmpfs /mnt"] if needed else []  # the stash, private
+        steps += [f"mkdir /mnt/{i} && mount --bind {quote(r)} /mnt/{i}" for i, r in enumerate(needed)]
+        steps += [f"mount -t tmpfs -o mode=0755 tmpfs {quote(b)}" for b in blocked]
+        steps += [f"mkdir -p {quote(r)} && mount --bind /mnt/{i} {quote(r)}" for i, r in enumerate(needed)]
+        env_args = [f"{k}={v}" for k, v in env.items()]
+        run = " ".join(quote(a) for a in ["runuser", "-u", self.name, "--", "env", "-i", *env_args, *argv])
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", "; ".join(steps + [f"exec {run}"])]
+
+    def processes(self) -> list[int]:
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                if re.search(rf"^Uid:\s+{self.uid}\s", status.read_text(), re.MULTILINE):
+                    found.append(int(status.parent.name))
+            except OSError:
+                pass
+        return found
+
+
+def _first_blocked_parent(path: Path) -> Path | None:
+    for parent in reversed(path.parents):
+        if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
+            return parent
+    return None
+
+
+@pytest.fixture(scope="session")
+def throwaway_user():
+    """A fresh unprivileged user when the suite runs as root (removed at the end); None when
+    the suite already runs unprivileged. Skips (fails under CI=true) when it cannot be made."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    missing = [tool for tool in ("useradd", "userdel", "runuser", "unshare") if shutil.which(tool) is None]
+    if missing:
+        skip_or_fail(f"cannot create a throwaway user: {', '.join(missing)} missing")
+    name = f"cicd-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        skip_or_fail(f"useradd failed: {made.stderr.strip()}")
+    user = ThrowawayUser(name)
+    try:
+        yield user
+    finally:
+        for pid in user.processes():  # only the throwaway user's own processes, by id
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["userdel", name], capture_output=True)

@@ -7,8 +7,8 @@ NotImplementedError they must replace, and nbgrader's Validate button is in the 
 
 The server runs on a copy of course/ and data/ in a tmp folder, with its own Jupyter config, data,
 settings, workspaces and runtime folders, so nothing is written into the repository or the home
-folder and no personal setting changes what is tested. Without /usr/bin/chromium (or playwright)
-the browser tests skip; CI installs chromium, so they run there.
+folder and no personal setting changes what is tested. Without a browser (/usr/bin/chromium or
+Playwright's own) the browser tests skip, and under CI=true they fail.
 """
 import contextlib
 import json
@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -95,12 +97,18 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        skip_or_fail("playwright is not installed (pip install -r requirements.txt)")
     with sync_api.sync_playwright() as p:
+        # Debian's chromium, else the one `python -m playwright install chromium` downloaded.
+        executable = CHROMIUM if CHROMIUM.exists() else Path(p.chromium.executable_path)
+        if not executable.exists():
+            skip_or_fail(f"no browser: neither {CHROMIUM} (apt-get install chromium) nor Playwright's "
+                         f"{executable} (python -m playwright install chromium)")
         # Playwright adds --headless and a fresh temporary --user-data-dir itself.
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+        chromium = p.chromium.launch(executable_path=str(executable), headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         try:

@@ -19,7 +19,7 @@ from traitlets.config import Config
 
 from autograder import course, lint, samples
 from autograder.sandbox import isolation_status
-from conftest import fixture_notebook, make_course_copy, submit_directly
+from conftest import fixture_notebook, make_course_copy, skip_or_fail, submit_directly
 
 ASSIGNMENT = "ex02_data_gate"
 ATTACKS_DIR = Path(__file__).parent / "fixtures" / "attacks"
@@ -146,8 +146,9 @@ def test_reasons_say_what_happened(classroom):
     assert any("deleted" in n for n in ours["deletes_tests"].notes)
 
 
-@pytest.mark.skipif(isolation_status() != "bubblewrap", reason="needs bubblewrap: " + isolation_status())
 def test_sandbox_hides_the_gradebook_and_the_solutions(classroom):
+    if isolation_status() != "bubblewrap":
+        skip_or_fail("needs bubblewrap: " + isolation_status())
     paths, ours = classroom
     leak = (paths.autograded / "reads_hidden_tests" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
     assert "LEAKED 0 hidden tests" in leak

@@ -54,6 +54,7 @@ class GuardedExecute(Execute):
         manager = super().create_kernel_manager()
         isolated = self.isolate and isolation_status() == "bubblewrap"
         manager.sandbox = Sandbox(hide=list(self.hide_paths), isolated=isolated)
+        self._sandboxed_manager = manager  # nbclient drops self.km at cleanup; its verdict on limits stays
         return manager
 
     def preprocess(self, nb, resources=None, km=None):
@@ -61,7 +62,9 @@ class GuardedExecute(Execute):
         try:
             return super().preprocess(nb, resources, km=km)
         except Exception as err:  # the student's kernel misbehaved; the class goes on
-            message = _incident(err)
+            # A kernel the sandbox's watchdog stopped says which per-submission limit it crossed.
+            stopped = getattr(getattr(self, "_sandboxed_manager", None), "limit_exceeded", "")
+            message = f"{stopped}; later cells did not run" if stopped else _incident(err)
             self.log.warning("Execution stopped: %s", message)
             index = self._running_cell
             target = nb.cells[index] if index is not None and index < len(nb.cells) else None

@@ -297,6 +297,7 @@ def test_cpu_is_capped_for_all_processes_together(attacked_class):
     used = [float(v) for v in re.findall(r"^CPU (\S+)$", text, re.MULTILINE)]
     assert used, f"{mode}: the CPU attack printed nothing ({incident})"
     assert incident and "time limit" not in incident, f"{mode}: the burners used {used[-1]} s of CPU ({incident})"
+    assert "CPU" in incident, f"{mode}: the grade must say which limit stopped the kernel ({incident})"
     assert used[-1] <= LIMITS.cpu_seconds + 2, f"{mode}: the burners used {used[-1]} s of CPU"
 
 

@@ -34,6 +34,7 @@ import nbformat
 import pytest
 
 from autograder import samples
+from conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_CONFIG = REPO / "docs" / "jupyterhub" / "jupyterhub_config.py"
@@ -42,24 +43,18 @@ ASSIGNMENT = "ex02_data_gate"
 ENV_BIN = Path(sys.executable).parent
 
 
-def _unavailable(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the JupyterHub test cannot run under CI: {reason}")
-    pytest.skip(reason)
-
-
 def _preconditions():
     if os.geteuid() != 0:
-        _unavailable("needs root to create throwaway Unix users")
+        skip_or_fail("needs root to create throwaway Unix users")
     if not (ENV_BIN / "jupyterhub").exists():
-        _unavailable("jupyterhub is not installed in this environment (it is in requirements.txt)")
+        skip_or_fail("jupyterhub is not installed in this environment (it is in requirements.txt)")
     if shutil.which("configurable-http-proxy") is None:
-        _unavailable("configurable-http-proxy is not on PATH (npm install -g configurable-http-proxy)")
+        skip_or_fail("configurable-http-proxy is not on PATH (npm install -g configurable-http-proxy)")
     probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                             sys.executable, "-c", "pass"],
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
-        _unavailable("this environment's Python cannot be used by other users (build the virtual "
+        skip_or_fail("this environment's Python cannot be used by other users (build the virtual "
                      "environment from a Python every user can read, e.g. /usr/bin/python3): "
                      + (probe.stderr.strip().splitlines() or ["?"])[-1])
 

@@ -15,6 +15,7 @@ Grade the CI/CD for Models course with nbgrader. An instructor's day:
   grade ASSIGNMENT       autograde the class (or one --student), with reasons per student
   feedback ASSIGNMENT    write feedback (tests hidden) and hand it back through the exchange
   export                 write every grade to a CSV file
+  mutate ASSIGNMENT      mutation-test the hidden tests: which small bugs in the solution survive them
 
 and for learners and newcomers:
 
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = verbs.add_parser("export", help="write all grades to a CSV file")
     p.add_argument("--to", type=Path, default=Path("grades.csv"), help="CSV path (default: grades.csv)")
+    _common(p)
+    p = verbs.add_parser("mutate", help="mutation-test an assignment's hidden tests and list the surviving mutants")
+    p.add_argument("assignment")
+    p.add_argument("--max-mutants", type=int, default=60, help="mutants to run, sampled with --seed (0: all); default 60")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the deterministic sample (default 2026)")
+    p.add_argument("--jobs", type=int, default=2, help="kernels run in parallel (default 2)")
+    p.add_argument("--killed", action="store_true", help="also list the killed mutants and what caught them")
     _common(p)
     p = verbs.add_parser("check", help="learner's self-check: run the visible tests of a notebook")
     p.add_argument("notebook", type=Path)
@@ -122,6 +130,18 @@ def _run(args) -> int:
         print("\n".join(str(f) for f in files))
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
+    elif args.verb == "mutate":
+        import time
+        from . import mutate
+        if args.max_mutants < 0 or args.jobs < 1:
+            raise AutograderError("--max-mutants must be 0 (all) or more, and --jobs at least 1")
+        course.require_assignment(paths, args.assignment)
+        began = time.perf_counter()
+        result = mutate.score(paths, args.assignment, args.max_mutants, args.seed, args.jobs)
+        print("\n".join(mutate.summary_lines(result, time.perf_counter() - began, args.killed)))
+        if any(not m.killed for m in result["mutants"]):
+            print("Judge each survivor: an equivalent change needs no test; any other shows a bug the hidden "
+                  "tests would let through.")
     elif args.verb == "export":
         print(f"grades written to {course.export(paths, args.to)}")
     return 0

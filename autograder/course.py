@@ -309,7 +309,8 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
                               f"run `python -m autograder grade {assignment}` first")
     if student is not None and student not in graded:
         raise AutograderError(f"'{student}' has no graded '{assignment}'; graded: {', '.join(graded)}")
-    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()})
+    from . import feedback as learner_feedback  # the summary page and the pending-grade warning
+    grader = api(paths, **learner_feedback.config_sections())
     _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
     _exchange_ok(paths)
     notes = []
@@ -320,6 +321,7 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
             continue
         _checked(grader.release_feedback(assignment, name), f"releasing feedback to {name}")
     who = [student] if student else graded
+    notes += learner_feedback.pending_manual_grades(paths.gradebook, assignment, who)
     return sorted(f for s in who for f in (paths.feedback / s / assignment).glob("*.html")), notes
 
 

@@ -16,6 +16,7 @@ Grade the CI/CD for Models course with nbgrader. An instructor's day:
   feedback ASSIGNMENT    write feedback (tests hidden) and hand it back through the exchange
   export                 write every grade to a CSV file
   lint ASSIGNMENT        prove every test cell tells right from wrong (release does it too)
+  mutate ASSIGNMENT      mutation-test the hidden tests: which small bugs in the solution survive them
   handout DEST           write the learner's copy (lessons, data, released exercises; no solutions)
 
 and for learners and newcomers:
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = verbs.add_parser("lint", help="run negative controls: refuse test cells a worthless answer passes")
     p.add_argument("assignment")
+    _common(p)
+    p = verbs.add_parser("mutate", help="mutation-test an assignment's hidden tests and list the surviving mutants")
+    p.add_argument("assignment")
+    p.add_argument("--max-mutants", type=int, default=60, help="mutants to run, sampled with --seed (0: all); default 60")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the deterministic sample (default 2026)")
+    p.add_argument("--jobs", type=int, default=2, help="kernels run in parallel (default 2)")
+    p.add_argument("--killed", action="store_true", help="also list the killed mutants and what caught them")
     _common(p)
     p = verbs.add_parser("handout", help="write the learner's copy of the course: lessons, data, released "
                          "exercises and the self-check; no solutions, hidden tests or fixtures")
@@ -155,6 +163,18 @@ def _run(args) -> int:
               f"{len(findings) - errors} warning(s)" if findings else f"{args.assignment}: every test cell "
               "tells right from wrong (blank release and forged stub answers fail it)")
         return 1 if errors else 0
+    elif args.verb == "mutate":
+        import time
+        from . import mutate
+        if args.max_mutants < 0 or args.jobs < 1:
+            raise AutograderError("--max-mutants must be 0 (all) or more, and --jobs at least 1")
+        course.require_assignment(paths, args.assignment)
+        began = time.perf_counter()
+        result = mutate.score(paths, args.assignment, args.max_mutants, args.seed, args.jobs)
+        print("\n".join(mutate.summary_lines(result, time.perf_counter() - began, args.killed)))
+        if any(not m.killed for m in result["mutants"]):
+            print("Judge each survivor: an equivalent change needs no test; any other shows a bug the hidden "
+                  "tests would let through.")
     elif args.verb == "export":
         print(f"grades written to {course.export(paths, args.to)}")
     return 0

@@ -26,7 +26,7 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor
 from . import AutograderError, inbound, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
 from .sandbox import isolation_status
-from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, VERDICT_ERROR, VisibleOnlyFeedback
+from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, VERDICT_ERROR
 
 
 # --- what exists -----------------------------------------------------------------------------
@@ -323,9 +323,11 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
                               f"run `python -m autograder grade {assignment}` first")
     if student is not None and student not in graded:
         raise AutograderError(f"'{student}' has no graded '{assignment}'; graded: {', '.join(graded)}")
-    grader = api(paths, GenerateFeedback={"preprocessors": _feedback_preprocessors()},  # hidden tests never shown:
+    from . import feedback as learner_feedback  # the summary page and the pending-grade warning
+    # Hidden tests never shown: the page is a visible-only run plus the grader's own verdicts.
+    grader = api(paths, **learner_feedback.config_sections(),
                  VisibleOnlyFeedback={"staged_dir": str(paths.staged), "reference_dir": str(paths.reference)},
-                 GuardedExecute={"hide_paths": hidden_from_students(paths)})  # see VisibleOnlyFeedback
+                 GuardedExecute={"hide_paths": hidden_from_students(paths)})
     _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
     _exchange_ok(paths)
     notes = []
@@ -336,13 +338,8 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
             continue
         _checked(grader.release_feedback(assignment, name), f"releasing feedback to {name}")
     who = [student] if student else graded
+    notes += learner_feedback.pending_manual_grades(paths.gradebook, assignment, who)
     return sorted(f for s in who for f in (paths.feedback / s / assignment).glob("*.html")), notes
-
-
-def _feedback_preprocessors() -> list:
-    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-    from nbgrader.preprocessors import GetGrades
-    return [VisibleOnlyFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
 
 
 def export(paths: ClassPaths, to: Path) -> Path:

@@ -16,11 +16,12 @@ def defend(c) -> None:
     repo = Path(c.CourseDirectory.root)
     class_dir = Path(c.CourseDirectory.submitted_directory).parent
     exchange = Path(c.Exchange.root)
-    from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds,
-                                        GetGrades, LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
+                                        LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
 
-    from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, RebuildSubmission, VisibleOnlyFeedback
+    from . import feedback
+    from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, RebuildSubmission
 
     c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, RebuildSubmission,
                                           OverwriteCells, CheckCellMetadata]
@@ -30,7 +31,9 @@ def defend(c) -> None:
     c.GuardedExecute.hide_paths = [str(repo), str(class_dir), str(exchange)]
     c.DecideVerdicts.reference_dir = str(class_dir / "reference")
     c.DecideVerdicts.source_dir = str(repo / "solutions")
-    c.GenerateFeedback.preprocessors = [VisibleOnlyFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
+    for section, values in feedback.config_sections().items():  # the same page as `python -m autograder feedback`
+        for key, value in values.items():
+            setattr(getattr(c, section), key, value)
     c.VisibleOnlyFeedback.staged_dir = str(class_dir / "staged")
     c.VisibleOnlyFeedback.reference_dir = str(class_dir / "reference")
     c.VisibleOnlyFeedback.submitted_dir = c.CourseDirectory.submitted_directory

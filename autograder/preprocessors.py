@@ -31,6 +31,7 @@ from . import AutograderError, reference, reports, submission
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 VERDICT_ERROR = "CheckFailed"
+GRADER_PREFIX = "Grader: "  # how feedback marks the grader's own verdict on a test cell
 _FLOOD_NOTE = "\n… [the rest of this cell's output was dropped by the grader: too much output]\n"
 
 
@@ -264,7 +265,7 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
                     if output.get("output_type") == "error":
                         output["traceback"] = [f"{output.get('ename')}: {output.get('evalue')}"]
                 verdict = verdicts.get(reports.grade_id(cell), "the grader has no verdict for this test")
-                cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=f"Grader: {verdict}\n")] + kept
+                cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=f"{GRADER_PREFIX}{verdict}\n")] + kept
         if note:
             shown.cells.insert(0, nbformat.v4.new_markdown_cell(f"**Note from the grader:** {note}."))
         nb.cells = shown.cells

@@ -34,10 +34,12 @@ def check_notebook(path: Path) -> list[TestOutcome]:
     if not any(reports.is_grade_cell(c) for c in nb.cells):
         raise AutograderError(f"{path.name} has no test cells; is it an exercise notebook?")
     executed = execute_in_copy(path)
-    outcomes = []
+    outcomes = setup_failures(executed)
     for cell in executed.cells:
         if not reports.is_grade_cell(cell):
             continue
+        if _hidden_only(cell.source):
+            continue  # its tests are hidden: they run when the instructor grades
         errors = reports.errors_of(cell)
         message = ""
         if errors:
@@ -47,3 +49,36 @@ def check_notebook(path: Path) -> list[TestOutcome]:
         outcomes.append(TestOutcome(reports.grade_id(cell) or "?", first_docstring_line(cell.source),
                                     float(cell.metadata["nbgrader"].get("points", 0)), not message, message))
     return outcomes
+
+
+def setup_failures(executed) -> list[TestOutcome]:
+    """The first locked, ungraded cell (setup, helpers, data loading) that failed, as an outcome to
+    show before the tests: when it fails, every test after it fails with a NameError that hides
+    the real cause."""
+    for cell in executed.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.get("cell_type") != "code" or reports.is_grade_cell(cell) or meta.get("solution"):
+            continue
+        if not meta.get("locked"):
+            continue
+        errors = reports.errors_of(cell)
+        if not errors:
+            continue
+        ename, evalue = errors[0].get("ename", "Error"), errors[0].get("evalue", "")
+        hint = ("the exercise's data/ folder must sit next to the notebook: fetch the exercise again, "
+                "or run the notebook from its own folder" if ename in ("FileNotFoundError", "OSError") else
+                "this cell is part of the exercise, not your answer: fetch the exercise again if you changed it")
+        cell_id = meta.get("grade_id") or cell.get("id") or "setup"
+        return [TestOutcome(cell_id, "the exercise's own setup cell (the tests below need it)", 0.0, False,
+                            f"{ename}: {evalue}. The tests after it cannot run until it works; {hint}.")]
+    return []
+
+
+def _hidden_only(source: str) -> bool:
+    """True for a test cell whose learner's copy holds nothing but its docstring (all its tests are hidden)."""
+    import ast
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)

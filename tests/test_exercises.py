@@ -65,10 +65,30 @@ def test_every_grade_cell_is_described_and_reports(assignment):
         assert "report(" in text, f"{gid} reports nothing, so a wrong answer could pass it"
 
 
+def _guessable(value) -> bool:
+    """A value a forger could produce without the answer: booleans, None, 0, 1, 2, "", and
+    containers of nothing else (issue 10: no verdict without the answer)."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value in (0, 1, 2)
+    if isinstance(value, str):
+        return value == ""
+    if isinstance(value, list):
+        return all(_guessable(v) for v in value)
+    if isinstance(value, dict):
+        return all(_guessable(v) for v in value.values())
+    return False
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_reference_solution_passes_all_its_tests(assignment):
     result = reference.compute(REPO / "solutions" / assignment / f"{assignment}.ipynb")
     assert all(result["cells"].values())
+    forgeable = [gid for gid, reported in result["cells"].items()
+                 if all(_guessable(r.get("value")) for r in reported)]
+    assert not forgeable, (f"{forgeable} report only guessable values (booleans, None, 0, empty): a forged "
+                           "answer could pass them; report at least one value only a right answer produces")
 
 
 @pytest.mark.parametrize("assignment, case", CASES)
@@ -86,13 +106,15 @@ def test_fixture_submission_gets_its_expected_points(assignment, case, graded_fi
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_fixture_corpus_covers_right_blank_partial_and_wrong(assignment, graded_fixtures):
     cases = samples.cases(assignment)
-    assert {"correct", "blank", "partial"} <= set(cases)
+    assert {"correct", "blank", "partial", "forged_stub", "forged_blank"} <= set(cases)
     # correct and correct_* are right answers written in different styles: each must get full marks.
     right = [c for c in cases if c == "correct" or c.startswith("correct_")]
-    wrong = [c for c in cases if c not in right and c not in ("blank", "partial")]
+    wrong = [c for c in cases if c not in right and c not in ("blank", "partial", "forged_stub", "forged_blank")]
     assert len(wrong) >= 3, "at least three plausible wrong answers per assignment"
     paths, results = graded_fixtures(assignment)
     assert results["correct"].score > 0 and results["blank"].score == 0
+    for forged in ("forged_stub", "forged_blank"):
+        assert results[forged].score == 0, f"{forged}: a forged verdict earned {results[forged].score} points"
     for case in right:
         assert results[case].score == pytest.approx(results["correct"].score), (
             f"{case} is a right answer and should get full marks, like correct")

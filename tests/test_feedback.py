@@ -1,0 +1,57 @@
+"""Learners' feedback: a summary first (description, points, verdict, reason), written answers
+awaiting a grader say so, and the instructor is warned when such feedback is released."""
+import html
+import json
+import re
+from pathlib import Path
+
+from autograder import course
+
+REPO = Path(__file__).resolve().parent.parent
+ASSIGNMENT = "ex01_pipeline"
+
+
+def _text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def _hidden_lines():
+    source = json.loads((REPO / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text())
+    for cell in source["cells"]:
+        text = "".join(cell["source"])
+        for block in re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END", text, flags=re.S):
+            yield from (line.strip() for line in block.splitlines() if len(line.strip()) > 25)
+
+
+def test_feedback_opens_with_a_summary_and_never_calls_a_pending_answer_zero(graded_fixtures):
+    paths, _ = graded_fixtures(ASSIGNMENT)
+    _, notes = course.feedback(paths, ASSIGNMENT, "partial")
+    page = (paths.feedback / "partial" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    text = _text(page[page.index('id="summary"'):page.index('id="notebook"')])
+    assert "PIPELINE is a list that names each of the six stages exactly once" in text
+    assert "next_stage follows PIPELINE" in text and "failed" in text and "passed" in text
+    assert "NotImplementedError" in text, "a failed test's row gives its reason"
+    assert "Test cell" not in page, "the stock index of anonymous 'Test cell' links is gone"
+    assert not [note for note in notes if note.startswith("WARNING")], "partial left the written answer blank: nothing awaits a grader"
+
+    _, notes = course.feedback(paths, ASSIGNMENT, "correct")
+    page = (paths.feedback / "correct" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    text = _text(page[page.index('id="summary"'):page.index('id="notebook"')])
+    assert "awaiting a grader" in text and "– / 3" in text
+    heading = _text(page[page.index("<h4>"):page.index("</h4>")])
+    assert "not final" in heading and "3 more points" in heading and "10 / 13" not in heading, heading
+    assert "Written response" not in page and "Score: 0.0 / 3.0" not in page
+    body = _text(page)
+    for line in _hidden_lines():
+        assert line not in body, f"hidden test code reached the feedback: {line}"
+    assert any(note.startswith("WARNING: correct's feedback") and "manual grades pending" in note for note in notes), notes
+
+
+def test_the_command_line_warns_about_pending_manual_grades(graded_fixtures, capsys):
+    from autograder import cli
+    paths, _ = graded_fixtures(ASSIGNMENT)
+    code = cli.main(["feedback", ASSIGNMENT, "--student", "correct", "--class-dir", str(paths.class_dir),
+                     "--exchange", str(paths.exchange)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "WARNING: correct's feedback for ex01_pipeline was released with manual grades pending (tradeoff_answer)" in err

@@ -110,6 +110,8 @@ def _stock_fell_for(kind, name, outcomes, scores, autograded):
         return "" if scores[name] == pytest.approx(FULL) else f"gave {scores[name]}"
     if kind == "also_zero":
         return "" if not scores[name] else f"gave {scores[name]}"
+    if kind == "some_marks":  # a worthless answer earns points from stock nbgrader
+        return "" if scores[name] else "gave 0"
     if kind == "crashes":
         return "" if not outcomes[name]["success"] else "survived"
     if kind == "tampers_gradebook":

@@ -126,6 +126,7 @@ class CellResult:
     points: float
     max_points: float
     reason: str = ""
+    manual: bool = False  # graded by a person (a written answer), not by the autograder
 
 
 @dataclass
@@ -152,7 +153,10 @@ class SubmissionResult:
         first line of why it failed."""
         if self.error:
             return self.error
-        failed = [f"{c.grade_id} ({first_line(c.reason)})" for c in self.failed_cells]
+        by_reason: dict[str, list[str]] = {}  # cells failing for the same reason share it
+        for cell in self.failed_cells:
+            by_reason.setdefault(first_line(cell.reason), []).append(cell.grade_id)
+        failed = [f"{', '.join(cells)} ({why})" for why, cells in by_reason.items()]
         parts = self.notes[:2] + ([f"failed: {'; '.join(failed)}"] if failed else [])
         return "; ".join(parts)
 
@@ -246,7 +250,8 @@ def _read_back(paths: ClassPaths, result: SubmissionResult) -> None:
         for nb in sub.notebooks:
             for grade in nb.grades:
                 result.cells.append(CellResult(grade.name, grade.score, grade.max_score,
-                                               reasons.get(grade.name, "")))
+                                               reasons.get(grade.name, ""),
+                                               manual=grade.auto_score is None))
 
 
 def backup_gradebook(paths: ClassPaths) -> Path | None:

@@ -227,8 +227,12 @@ def grade_here(paths: ClassPaths, assignment: str, student: str) -> "course.Subm
 
 # --- workers ---------------------------------------------------------------------------------
 
-def _worker_main(conn, paths: ClassPaths, assignment: str) -> None:
+def _worker_main(conn, paths: ClassPaths, assignment: str, environment: dict) -> None:
     os.setsid()  # a terminal's Ctrl-C goes to the parent, which decides how to stop
+    # The fork server was started with the environment of its time; settings read from the
+    # environment (CICD_CELL_TIMEOUT, ...) must be the parent's of now.
+    os.environ.clear()
+    os.environ.update(environment)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     runner = SubmissionRunner(paths, assignment)
 
@@ -253,7 +257,8 @@ def _worker_main(conn, paths: ClassPaths, assignment: str) -> None:
 class _Worker:
     def __init__(self, context, paths, assignment):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, paths, assignment), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, paths, assignment, dict(os.environ)),
+                                       daemon=True)
         self.process.start()
         child.close()
         self.student: str | None = None

@@ -103,7 +103,7 @@ def _figures(results, stats) -> list[tuple[str, str]]:
         ax.hist([r.score for r in graded], bins=bins, color="#4c72b0", edgecolor="white")
         ax.set_xlabel(f"total score (out of {top:g})")
         ax.set_ylabel("submissions")
-        ax.set_title("Grade distribution")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         figures.append(("Grade distribution", _png(fig)))
         plt.close(fig)
     if stats:
@@ -112,11 +112,12 @@ def _figures(results, stats) -> list[tuple[str, str]]:
         colors = ["#c44e52" if r == 0 else "#dd8452" if r == 1 else "#55a868" for r in rates]
         fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1))
         ax.barh(range(len(names)), rates, color=colors)
+        for row, name in enumerate(names):
+            ax.text(0.01, row, f"{stats[name]['passed']}/{stats[name]['total']}", va="center", color="white")
         ax.set_yticks(range(len(names)), [f"{n} ({stats[n]['max_points']:g} pt)" for n in names])
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
-        ax.set_xlabel("share of submissions passing")
-        ax.set_title("Pass rate of each grade cell")
+        ax.set_xlabel("share of submissions passing (red: nobody, orange: everybody)")
         figures.append(("Pass rate of each grade cell", _png(fig)))
         plt.close(fig)
     return figures

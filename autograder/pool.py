@@ -139,8 +139,11 @@ class SubmissionRunner:
                 self.execute.kc = None
             self._stop_kernel(km)
 
-    def run(self, student: str) -> dict:
-        """Stage, sanitize, execute and decide one submission; write it to executed/<student>/."""
+    def run(self, student: str, prewarm: bool | None = None) -> dict:
+        """Stage, sanitize, execute and decide one submission; write it to executed/<student>/.
+        `prewarm`: start the next submission's kernel meanwhile (default: as built)."""
+        if prewarm is not None:
+            self.prewarm = prewarm
         outcome = {"student": student, "notes": [], "incidents": [], "isolation": "", "error": ""}
         try:
             outcome["notes"] = course.stage(self.paths, self.assignment, student)
@@ -212,6 +215,10 @@ class Recorder:
             course._read_back(self.paths, result)
         finally:
             shutil.rmtree(executed, ignore_errors=True)
+            try:
+                executed.parent.rmdir()  # the student's folder, now empty
+            except OSError:
+                pass
         return result
 
 
@@ -244,10 +251,11 @@ def _worker_main(conn, paths: ClassPaths, assignment: str, environment: dict) ->
     conn.send("ready")
     try:
         while True:
-            student = conn.recv()
-            if student is None:
+            task = conn.recv()
+            if task is None:
                 break
-            conn.send(runner.run(student))
+            student, more_to_come = task
+            conn.send(runner.run(student, prewarm=more_to_come))
     except (EOFError, OSError):
         pass  # the parent is gone
     finally:
@@ -332,7 +340,8 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
             for worker in workers:
                 if worker.ready and worker.student is None and queue and worker.process.is_alive():
                     worker.student = queue.popleft()
-                    worker.conn.send(worker.student)
+                    # A kernel started ahead only pays when some submission will still need it.
+                    worker.conn.send((worker.student, len(queue) >= len(workers)))
     except BaseException:
         _stop_workers(workers, now=True)
         raise

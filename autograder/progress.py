@@ -41,7 +41,8 @@ class Progress:
         self._show(force=self.terminal)
 
     def tick(self) -> None:
-        self._show(force=False)
+        if self.done < self.total:  # the last line is finish()'s
+            self._show(force=False)
 
     def finish(self) -> None:
         self._show(force=True, final=True)

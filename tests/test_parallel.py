@@ -4,8 +4,10 @@ import io
 import os
 import signal
 import sqlite3
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -175,8 +177,16 @@ def own_processes(marker: str) -> list[str]:
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_grades_only_what_is_left(tmp_path):
     paths = build_class(tmp_path / "course")
-    scratch = tmp_path / "tmp"  # the grader's own temporary folder, to see what it leaves behind
-    scratch.mkdir()
+    # The grader's own temporary folder, to see what it leaves behind. A short path: kernels'
+    # Unix sockets live under it, and a socket's path may not exceed 107 characters.
+    scratch = Path(tempfile.mkdtemp(prefix="cicd-t-", dir="/tmp"))
+    try:
+        interrupt_and_resume(paths, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def interrupt_and_resume(paths, scratch: Path) -> None:
     env = {**os.environ, "TMPDIR": str(scratch), "CICD_CELL_TIMEOUT": "20"}
     command = [sys.executable, "-m", "autograder", "grade", A, "--jobs", "2", "--class-dir", str(paths.class_dir)]
     # The run grades the course copy's assignment: run it from the copy, as an instructor would.
@@ -191,7 +201,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_grades_only_what_is_left(tmp_path):
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=120)
     graded_before = {p.stem for p in states.glob("*.json")}
-    assert run.returncode == 130, err[-2000:]
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
     assert "interrupted" in err and "run the same command again" in err
     assert 2 <= len(graded_before) < total, "the interruption should land mid-run"
     # Nothing is left running or lying around.
@@ -217,5 +227,4 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_grades_only_what_is_left(tmp_path):
 
 def shutil_copy_autograder(repo: Path) -> None:
     """The grader's code beside the course copy, so `python -m autograder` grades that copy."""
-    import shutil
     shutil.copytree(REPO / "autograder", repo / "autograder", ignore=shutil.ignore_patterns("__pycache__"))

@@ -6,7 +6,7 @@ Grading one submission has two halves.
   code in its own sandboxed kernel, and the verdicts. It reads the gradebook (the released cells)
   and writes only files of that one submission, so several run side by side, one per worker.
 - Recording it (`Recorder`): nbgrader's own `autograde`, given the run notebook and only the
-  preprocessors that write grades (SaveAutoGrades, AssignLatePenalties, ...). The parent process
+  preprocessors from SaveAutoGrades on (they write grades). The parent process
   does this for every submission, one after another, so SQLite has exactly one writer.
 
 The split follows the order of nbgrader's Autograde exactly (sanitize, execute, then save), so a
@@ -22,12 +22,16 @@ only, which decides.
 """
 from __future__ import annotations
 
+import ast
 import collections
+import importlib.util
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,22 +39,65 @@ from typing import Callable
 
 import nbformat
 from jupyter_core.utils import run_sync
-from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbgrader.converters import Autograde
-from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, LimitOutput, SaveAutoGrades
+from nbgrader.preprocessors import SaveAutoGrades
 from nbgrader.utils import setenv
 
 from . import AutograderError, course
 from .config import ClassPaths, load_course_config
-from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute
+from .preprocessors import GuardedExecute
 from .sandbox import isolation_status
 
 KERNEL_NAME = "python3"
 # nbgrader's Autograde runs these before executing (the released cells are put back, outputs cleared).
 SANITIZE = list(Autograde.class_traits()["sanitize_preprocessors"].default())
-DECIDE = [CapOutputs, DecideVerdicts]
-RECORD = [ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+
+
+def split_preprocessors() -> tuple[list, list]:
+    """course.grading_preprocessors(), cut where the gradebook writes begin (SaveAutoGrades):
+    the first part runs in a worker, the rest in the parent."""
+    steps = course.grading_preprocessors()
+    cut = next(i for i, step in enumerate(steps) if issubclass(step, SaveAutoGrades))
+    return steps[:cut], steps[cut:]
 STOP_SIGNAL = signal.SIGUSR1  # nbclient takes over SIGINT and SIGTERM while a notebook runs
+
+
+def modules_to_preload(release_folder: Path) -> list[str]:
+    """Installed modules that the released notebook's own cells import (its setup and test
+    cells, never an answer): every submission imports them anyway, so a kernel started ahead
+    imports them while it waits. A learner's code still has to import what it uses."""
+    names: set[str] = set()
+    for path in sorted(release_folder.glob("*.ipynb")):
+        for cell in json.loads(path.read_text()).get("cells", []):
+            if cell.get("cell_type") != "code" or cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+                continue
+            try:
+                tree = ast.parse("".join(cell.get("source", "")))
+            except SyntaxError:  # cell magics and the like
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module)
+    installed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix}]
+
+    def is_installed(name: str) -> bool:
+        spec = importlib.util.find_spec(name.split(".")[0])
+        origin = getattr(spec, "origin", None) if spec else None
+        if spec is None or origin in (None, "built-in", "frozen"):
+            return spec is not None
+        return any(Path(origin).resolve().is_relative_to(root) for root in installed)
+
+    return sorted(name for name in names if is_installed(name))
+
+
+def _preload_code(modules: list[str]) -> str:
+    return ("def _cicd_preload():\n    import importlib\n"
+            f"    for name in {modules!r}:\n"
+            "        try:\n            importlib.import_module(name)\n"
+            "        except BaseException:\n            pass\n"
+            "_cicd_preload()\ndel _cicd_preload\n")
 
 
 def executed_root(paths: ClassPaths) -> Path:
@@ -63,20 +110,21 @@ def executed_root(paths: ClassPaths) -> Path:
 class SubmissionRunner:
     """Runs submissions of one assignment; built once per worker, used for many submissions."""
 
-    def __init__(self, paths: ClassPaths, assignment: str, prewarm: bool = True):
+    def __init__(self, paths: ClassPaths, assignment: str, prewarm: bool = True, preload: bool = True):
         self.paths, self.assignment, self.prewarm = paths, assignment, prewarm
         config = load_course_config(paths)
         config.GuardedExecute.hide_paths = course.hidden_from_students(paths)
         config.DecideVerdicts.reference_dir = str(paths.reference)
         self.db_url = config.CourseDirectory.db_url
         self.sanitize = [cls(config=config) for cls in SANITIZE]
-        self.execute = GuardedExecute(config=config)
+        self.steps = [cls(config=config) for cls in split_preprocessors()[0]]
+        self.execute = next(step for step in self.steps if isinstance(step, GuardedExecute))
         self.execute.kernel_name = KERNEL_NAME
-        self.decide = [cls(config=config) for cls in DECIDE]
         self.kernels: set = set()  # every kernel manager with a live kernel
         self.spare = None
         self.unfinished: Path | None = None
         self.kernel_folder = self._build_kernel_folder()
+        self.preload = modules_to_preload(paths.release / assignment) if preload else []
 
     def _build_kernel_folder(self) -> Path:
         """What a kernel finds in its working folder: the assignment's files as nbgrader lays
@@ -97,7 +145,21 @@ class SubmissionRunner:
                                       extra_arguments=["--HistoryManager.hist_file=:memory:"])
         return km
 
+    def _warm_up(self, km) -> None:
+        """Ask a kernel started ahead to import the notebook's modules while nobody waits for it.
+        The request waits in the socket's queue until the kernel is up; it runs silently (no
+        execution count, no history) before any cell of the submission."""
+        if not self.preload:
+            return
+        client = km.client()
+        client.start_channels()
+        client.execute(_preload_code(self.preload), silent=True, store_history=False)
+        km._cicd_warm_client = client
+
     def _stop_kernel(self, km) -> None:
+        client = getattr(km, "_cicd_warm_client", None)
+        if client is not None:
+            client.stop_channels()
         try:
             run_sync(km.shutdown_kernel)(now=True)
         except Exception:  # a kernel that is already gone needs no shutdown
@@ -128,6 +190,7 @@ class SubmissionRunner:
         if self.prewarm:
             try:
                 self.spare = self._start_kernel()  # boots while this submission runs
+                self._warm_up(self.spare)
             except Exception:
                 self.spare = None
         try:
@@ -160,9 +223,8 @@ class SubmissionRunner:
                                           "notebook": path.stem, "db_url": self.db_url}}
                 for step in self.sanitize:
                     nb, resources = step(nb, resources)
-                nb, resources = self._execute(nb, resources)
-                for step in self.decide:
-                    nb, resources = step(nb, resources)
+                for step in self.steps:
+                    nb, resources = self._execute(nb, resources) if step is self.execute else step(nb, resources)
                 incident = nb.metadata.get("cicd_grading", {}).get("incident")
                 if incident:
                     outcome["incidents"].append(f"{path.name}: {incident}")
@@ -199,7 +261,8 @@ class Recorder:
         self.paths, self.assignment = paths, assignment
         self.api = course.api(paths,
                               CourseDirectory={"submitted_directory": str(executed_root(paths))},
-                              Autograde={"sanitize_preprocessors": [], "autograde_preprocessors": RECORD})
+                              Autograde={"sanitize_preprocessors": [],
+                                         "autograde_preprocessors": split_preprocessors()[1]})
 
     def record(self, outcome: dict) -> "course.SubmissionResult":
         result = course.SubmissionResult(outcome["student"], self.assignment, notes=outcome["notes"],
@@ -303,6 +366,7 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
             on_tick()
             waitables = [w.conn for w in workers] + [w.process.sentinel for w in workers]
             ready = multiprocessing.connection.wait(waitables, timeout=0.5)
+            finished = []
             for worker in list(workers):
                 outcome, gone = None, False
                 if worker.conn in ready:
@@ -333,15 +397,18 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
                     if queue:
                         workers.append(_Worker(context, paths, assignment))
                 if outcome is not None:
-                    if stop_requested.is_set():
-                        raise Interrupted()
                     worker.student = None
-                    on_result(recorder.record(outcome))
+                    finished.append(outcome)
+            # Workers get their next submission first, then the parent records: the two overlap.
             for worker in workers:
                 if worker.ready and worker.student is None and queue and worker.process.is_alive():
                     worker.student = queue.popleft()
                     # A kernel started ahead only pays when some submission will still need it.
                     worker.conn.send((worker.student, len(queue) >= len(workers)))
+            for outcome in finished:
+                if stop_requested.is_set():
+                    raise Interrupted()
+                on_result(recorder.record(outcome))
     except BaseException:
         _stop_workers(workers, now=True)
         raise

@@ -13,7 +13,9 @@ The split follows the order of nbgrader's Autograde exactly (sanitize, execute, 
 submission gets the same grade whether it is graded alone, sequentially or in parallel.
 
 Each runner keeps one kernel started ahead: it boots in its own fresh sandbox while the current
-submission runs, and serves the next one. No kernel ever runs two submissions.
+submission runs, imports the modules the released notebook's own cells import, and serves the
+next submission. No kernel ever runs two submissions. The parent hands a worker its next
+submission before recording the last one, so recording overlaps with running.
 
 Stopping (Ctrl-C): the parent finishes the gradebook write in progress, never a half of it, and
 tells each worker to stop; a worker kills its kernels and deletes their scratch folders and its

@@ -413,6 +413,12 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
                 on_result(recorder.record(outcome))
     except BaseException:
         _stop_workers(workers, now=True)
+        for student in students:  # run but not recorded: graded again on the next run
+            shutil.rmtree(executed_root(paths) / student / assignment, ignore_errors=True)
+            try:
+                (executed_root(paths) / student).rmdir()
+            except OSError:
+                pass
         raise
     else:
         _stop_workers(workers, now=False)

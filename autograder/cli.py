@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="grade only this student")
     p.add_argument("--force", action="store_true",
                    help="regrade even submissions already graded from identical inputs")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="grade N submissions at a time, each in its own sandbox (default: one per core)")
     _common(p)
     p = verbs.add_parser("feedback", help="write feedback HTML and release it to students")
     p.add_argument("assignment")
@@ -138,8 +140,18 @@ def _run(args) -> int:
             for note in notes_of(paths.submitted / student / args.assignment):
                 print(f"note: {student}: {note}", file=sys.stderr)
     elif args.verb == "grade":
-        results = course.grade(paths, args.assignment, args.student, force=args.force)
+        from .class_report import write_report
+        from .pool import Interrupted
+        from .progress import Progress
+        try:
+            results = course.grade(paths, args.assignment, args.student, force=args.force, jobs=args.jobs,
+                                   progress=Progress(f"grading {args.assignment}"))
+        except (Interrupted, KeyboardInterrupt):
+            print(f"interrupted: what was graded is saved; run the same command again to grade the rest",
+                  file=sys.stderr)
+            return 130
         print(grade_table(results))
+        print(f"report for instructors: {write_report(paths, args.assignment, results)}")
         from .lint import forgeable_stock_cells
         for line in forgeable_stock_cells(paths, args.assignment):
             print(f"WARNING: {line}", file=sys.stderr)

@@ -17,6 +17,7 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.exchange.default import ExchangeFetchAssignment, ExchangeFetchFeedback, ExchangeSubmit
 
 from . import AutograderError, course, samples
+from .class_report import write_report
 from .cli import grade_table
 from .config import REPO, ClassPaths, load_course_config
 
@@ -63,14 +64,16 @@ def run_demo(keep: Path | None = None) -> int:
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     paths = ClassPaths(root, workspace / "class", workspace / "exchange")
     print(f"demo class in {workspace}")
-    results = []
+    results, reports = [], []
     for assignment in ASSIGNMENTS:
         print(f"- releasing {assignment}")
         course.release(paths, assignment)
         for student, case in LEARNERS.items():
             hand_in(paths, workspace / "students" / student, student, assignment, case)
         print(f"- collected {', '.join(course.collect(paths, assignment))}; grading")
-        results += course.grade(paths, assignment)
+        graded = course.grade(paths, assignment)
+        results += graded
+        reports.append(write_report(paths, assignment, graded))
         course.feedback(paths, assignment)
         for student in LEARNERS:
             _as_student(paths, workspace / "students" / student, student, assignment, ExchangeFetchFeedback)
@@ -79,6 +82,9 @@ def run_demo(keep: Path | None = None) -> int:
     print(grade_table(results))
     print()
     print(f"grades CSV: {csv}")
+    print("reports for instructors:")
+    for report in reports:
+        print(f"  {report}")
     print("feedback each learner fetched:")
     for student in LEARNERS:
         for html in sorted((workspace / "students" / student).rglob("feedback/*/*.html")):

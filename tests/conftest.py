@@ -48,7 +48,8 @@ def fixture_notebook(paths: ClassPaths, assignment: str, case: str):
 
 
 class GradedFixtures:
-    """Grades every fixture submission of an assignment once, as one class, through nbgrader."""
+    """Grades every fixture submission of an assignment once, as one class, through nbgrader,
+    on every core (`course.grade`'s default): the tests of one assignment share one grading run."""
 
     def __init__(self, tmp_path_factory):
         self.factory = tmp_path_factory
@@ -60,7 +61,7 @@ class GradedFixtures:
             course.generate(paths, assignment)
             for case in samples.cases(assignment):
                 submit_directly(paths, case, assignment, fixture_notebook(paths, assignment, case))
-            results = {r.student: r for r in course.grade(paths, assignment)}
+            results = {r.student: r for r in course.grade(paths, assignment, jobs=course.default_jobs())}
             self.cache[assignment] = (paths, results)
         return self.cache[assignment]
 

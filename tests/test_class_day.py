@@ -20,6 +20,10 @@ def test_demo_runs_the_whole_day_through_the_exchange(tmp_path):
     out = subprocess.run([sys.executable, "-m", "autograder", "demo", "--keep", str(keep)], cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    # The README's main job prints no warnings: a newcomer would read them as errors.
+    assert "warning" not in out.stderr.lower(), out.stderr[-3000:]
+    for assignment in ("ex02_data_gate", "ex03_model_gate"):
+        assert str(keep / "class" / "reports" / f"{assignment}.html") in out.stdout
     rows = list(csv.DictReader((keep / "grades.csv").open()))
     scores = {(r["student_id"], r["assignment"]): float(r["score"]) for r in rows}
     for assignment in ("ex02_data_gate", "ex03_model_gate"):

@@ -1,0 +1,445 @@
+"""Grading a class at once: worker processes run student code, the parent alone writes the gradebook.
+
+Grading one submission has two halves.
+
+- Running it (`SubmissionRunner`): staging, nbgrader's sanitizing preprocessors, the student's
+  code in its own sandboxed kernel, and the verdicts. It reads the gradebook (the released cells)
+  and writes only files of that one submission, so several run side by side, one per worker.
+- Recording it (`Recorder`): nbgrader's own `autograde`, given the run notebook and only the
+  preprocessors from SaveAutoGrades on (they write grades). The parent process
+  does this for every submission, one after another, so SQLite has exactly one writer.
+
+The split follows the order of nbgrader's Autograde exactly (sanitize, execute, then save), so a
+submission gets the same grade whether it is graded alone, sequentially or in parallel.
+
+Each runner keeps one kernel started ahead: it boots in its own fresh sandbox while the current
+submission runs, imports the modules the released notebook's own cells import, and serves the
+next submission. No kernel ever runs two submissions. The parent hands a worker its next
+submission before recording the last one, so recording overlaps with running.
+
+Stopping (Ctrl-C): the parent finishes the gradebook write in progress, never a half of it, and
+tells each worker to stop; a worker kills its kernels and deletes their scratch folders and its
+unfinished output. Workers live in their own session, so a terminal's Ctrl-C reaches the parent
+only, which decides.
+"""
+from __future__ import annotations
+
+import ast
+import collections
+import importlib.util
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+from jupyter_core.utils import run_sync
+from nbgrader.converters import Autograde
+from nbgrader.preprocessors import SaveAutoGrades
+from nbgrader.utils import setenv
+
+from . import AutograderError, course
+from .config import ClassPaths, load_course_config
+from .preprocessors import GuardedExecute
+from .sandbox import isolation_status
+
+KERNEL_NAME = "python3"
+# nbgrader's Autograde runs these before executing (the released cells are put back, outputs cleared).
+SANITIZE = list(Autograde.class_traits()["sanitize_preprocessors"].default())
+
+
+def split_preprocessors() -> tuple[list, list]:
+    """course.grading_preprocessors(), cut where the gradebook writes begin (SaveAutoGrades):
+    the first part runs in a worker, the rest in the parent."""
+    steps = course.grading_preprocessors()
+    cut = next(i for i, step in enumerate(steps) if issubclass(step, SaveAutoGrades))
+    return steps[:cut], steps[cut:]
+STOP_SIGNAL = signal.SIGUSR1  # nbclient takes over SIGINT and SIGTERM while a notebook runs
+
+
+def modules_to_preload(release_folder: Path) -> list[str]:
+    """Installed modules that the released notebook's own cells import (its setup and test
+    cells, never an answer): every submission imports them anyway, so a kernel started ahead
+    imports them while it waits. A learner's code still has to import what it uses."""
+    names: set[str] = set()
+    for path in sorted(release_folder.glob("*.ipynb")):
+        for cell in json.loads(path.read_text()).get("cells", []):
+            if cell.get("cell_type") != "code" or cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+                continue
+            try:
+                tree = ast.parse("".join(cell.get("source", "")))
+            except SyntaxError:  # cell magics and the like
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module)
+    installed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix}]
+
+    def is_installed(name: str) -> bool:
+        spec = importlib.util.find_spec(name.split(".")[0])
+        origin = getattr(spec, "origin", None) if spec else None
+        if spec is None or origin in (None, "built-in", "frozen"):
+            return spec is not None
+        return any(Path(origin).resolve().is_relative_to(root) for root in installed)
+
+    return sorted(name for name in names if is_installed(name))
+
+
+def _preload_code(modules: list[str]) -> str:
+    return ("def _cicd_preload():\n    import importlib\n"
+            f"    for name in {modules!r}:\n"
+            "        try:\n            importlib.import_module(name)\n"
+            "        except BaseException:\n            pass\n"
+            "_cicd_preload()\ndel _cicd_preload\n")
+
+
+def executed_root(paths: ClassPaths) -> Path:
+    """Run notebooks waiting to be recorded; nbgrader's `autograde` reads them from here."""
+    return paths.class_dir / "executed"
+
+
+# --- running (any process) ---------------------------------------------------------------------
+
+class SubmissionRunner:
+    """Runs submissions of one assignment; built once per worker, used for many submissions."""
+
+    def __init__(self, paths: ClassPaths, assignment: str, prewarm: bool = True, preload: bool = True):
+        self.paths, self.assignment, self.prewarm = paths, assignment, prewarm
+        config = load_course_config(paths)
+        config.GuardedExecute.hide_paths = course.hidden_from_students(paths)
+        config.DecideVerdicts.reference_dir = str(paths.reference)
+        self.db_url = config.CourseDirectory.db_url
+        self.sanitize = [cls(config=config) for cls in SANITIZE]
+        self.steps = [cls(config=config) for cls in split_preprocessors()[0]]
+        self.execute = next(step for step in self.steps if isinstance(step, GuardedExecute))
+        self.execute.kernel_name = KERNEL_NAME
+        self.kernels: set = set()  # every kernel manager with a live kernel
+        self.spare = None
+        self.unfinished: Path | None = None
+        self.kernel_folder = self._build_kernel_folder()
+        self.preload = modules_to_preload(paths.release / assignment) if preload else []
+
+    def _build_kernel_folder(self) -> Path:
+        """What a kernel finds in its working folder: the assignment's files as nbgrader lays
+        them out for autograding (released files, overwritten by the source's), no notebooks.
+        It is the same for every student, so a kernel can be started before its student is known."""
+        folder = self.paths.class_dir / "work" / f"kernel-{os.getpid()}" / self.assignment
+        shutil.rmtree(folder.parent, ignore_errors=True)
+        skip = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__")
+        shutil.copytree(self.paths.release / self.assignment, folder, ignore=skip)
+        shutil.copytree(self.paths.source / self.assignment, folder, ignore=skip, dirs_exist_ok=True)
+        return folder
+
+    def _start_kernel(self):
+        km = self.execute.create_kernel_manager()
+        self.kernels.add(km)
+        with setenv(NBGRADER_EXECUTION="autograde"):
+            run_sync(km.start_kernel)(cwd=str(self.kernel_folder),
+                                      extra_arguments=["--HistoryManager.hist_file=:memory:"])
+        return km
+
+    def _warm_up(self, km) -> None:
+        """Ask a kernel started ahead to import the notebook's modules while nobody waits for it.
+        The request waits in the socket's queue until the kernel is up; it runs silently (no
+        execution count, no history) before any cell of the submission."""
+        if not self.preload:
+            return
+        client = km.client()
+        client.start_channels()
+        client.execute(_preload_code(self.preload), silent=True, store_history=False)
+        km._cicd_warm_client = client
+
+    def _stop_kernel(self, km) -> None:
+        client = getattr(km, "_cicd_warm_client", None)
+        if client is not None:
+            client.stop_channels()
+        try:
+            run_sync(km.shutdown_kernel)(now=True)
+        except Exception:  # a kernel that is already gone needs no shutdown
+            self._kill(km)
+        self.kernels.discard(km)
+
+    def _kill(self, km) -> None:
+        """Without asyncio: safe from a signal handler, whatever the event loop was doing."""
+        pid = getattr(km.provisioner, "pid", None) if getattr(km, "provisioner", None) else None
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the kernel's own session: bwrap and all inside
+            except OSError:
+                pass
+        scratch = getattr(km, "_scratch", None)
+        if scratch:
+            for _ in range(3):  # a dying kernel may still be writing into it
+                shutil.rmtree(scratch, ignore_errors=True)
+                if not Path(scratch).exists():
+                    break
+                time.sleep(0.1)
+
+    def _execute(self, nb, resources):
+        km = self.spare
+        self.spare = None
+        if km is None:
+            km = self._start_kernel()
+        if self.prewarm:
+            try:
+                self.spare = self._start_kernel()  # boots while this submission runs
+                self._warm_up(self.spare)
+            except Exception:
+                self.spare = None
+        try:
+            with setenv(NBGRADER_EXECUTION="autograde"):
+                return self.execute.preprocess(nb, resources, km=km)
+        finally:
+            if self.execute.kc is not None:
+                self.execute.kc.stop_channels()
+                self.execute.kc = None
+            self._stop_kernel(km)
+
+    def run(self, student: str, prewarm: bool | None = None) -> dict:
+        """Stage, sanitize, execute and decide one submission; write it to executed/<student>/.
+        `prewarm`: start the next submission's kernel meanwhile (default: as built)."""
+        if prewarm is not None:
+            self.prewarm = prewarm
+        outcome = {"student": student, "notes": [], "incidents": [], "isolation": "", "error": ""}
+        try:
+            outcome["notes"] = course.stage(self.paths, self.assignment, student)
+            outcome["isolation"] = isolation_status()
+            staged = self.paths.staged / student / self.assignment
+            target = executed_root(self.paths) / student / self.assignment
+            self.unfinished = target
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(staged, target, ignore=shutil.ignore_patterns("*.ipynb"))
+            for path in sorted(staged.glob("*.ipynb")):
+                nb = nbformat.read(path, as_version=4)
+                resources = {"unique_key": path.stem, "metadata": {"path": str(target)},
+                             "nbgrader": {"student": student, "assignment": self.assignment,
+                                          "notebook": path.stem, "db_url": self.db_url}}
+                for step in self.sanitize:
+                    nb, resources = step(nb, resources)
+                for step in self.steps:
+                    nb, resources = self._execute(nb, resources) if step is self.execute else step(nb, resources)
+                incident = nb.metadata.get("cicd_grading", {}).get("incident")
+                if incident:
+                    outcome["incidents"].append(f"{path.name}: {incident}")
+                nbformat.write(nb, target / path.name)
+            self.unfinished = None
+        except AutograderError as err:
+            outcome["error"] = str(err)
+        except Exception as err:  # a fault of the grader, not of the student: say which
+            outcome["error"] = f"grading failed: {type(err).__name__}: {str(err).strip()[:300]}"
+        return outcome
+
+    def close(self) -> None:
+        if self.spare is not None:
+            self._stop_kernel(self.spare)
+            self.spare = None
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Kill every kernel, delete every scratch folder and the unfinished output."""
+        for km in list(self.kernels):
+            self._kill(km)
+        self.kernels.clear()
+        if self.unfinished is not None:
+            shutil.rmtree(self.unfinished, ignore_errors=True)
+        shutil.rmtree(self.kernel_folder.parent, ignore_errors=True)
+
+
+# --- recording (the parent process only) -----------------------------------------------------
+
+class Recorder:
+    """Writes run submissions into the gradebook through nbgrader's `autograde`; one per run."""
+
+    def __init__(self, paths: ClassPaths, assignment: str):
+        self.paths, self.assignment = paths, assignment
+        self.api = course.api(paths,
+                              CourseDirectory={"submitted_directory": str(executed_root(paths))},
+                              Autograde={"sanitize_preprocessors": [],
+                                         "autograde_preprocessors": split_preprocessors()[1]})
+
+    def record(self, outcome: dict) -> "course.SubmissionResult":
+        result = course.SubmissionResult(outcome["student"], self.assignment, notes=outcome["notes"],
+                                         incidents=outcome.get("incidents", []),
+                                         isolation=outcome["isolation"], error=outcome["error"])
+        executed = executed_root(self.paths) / result.student / self.assignment
+        try:
+            if not result.error:
+                done = self.api.autograde(self.assignment, result.student, force=True, create=True)
+                if not done.get("success"):
+                    lines = (done.get("error") or done.get("log") or "").strip().splitlines()
+                    result.error = "grading failed: " + (lines[-1] if lines else "no details from nbgrader")
+            course._read_back(self.paths, result)
+        finally:
+            shutil.rmtree(executed, ignore_errors=True)
+            try:
+                executed.parent.rmdir()  # the student's folder, now empty
+            except OSError:
+                pass
+        return result
+
+
+def grade_here(paths: ClassPaths, assignment: str, student: str) -> "course.SubmissionResult":
+    """Run and record one submission in this process (no workers, no kernel started ahead)."""
+    runner = SubmissionRunner(paths, assignment, prewarm=False)
+    try:
+        outcome = runner.run(student)
+    finally:
+        runner.close()
+    return Recorder(paths, assignment).record(outcome)
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+def _worker_main(conn, paths: ClassPaths, assignment: str, environment: dict) -> None:
+    os.setsid()  # a terminal's Ctrl-C goes to the parent, which decides how to stop
+    # The fork server was started with the environment of its time; settings read from the
+    # environment (CICD_CELL_TIMEOUT, ...) must be the parent's of now.
+    os.environ.clear()
+    os.environ.update(environment)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    runner = SubmissionRunner(paths, assignment)
+
+    def stop(signum, frame):
+        runner.abandon()
+        os._exit(1)
+
+    signal.signal(STOP_SIGNAL, stop)
+    conn.send("ready")
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                break
+            student, more_to_come = task
+            conn.send(runner.run(student, prewarm=more_to_come))
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    finally:
+        runner.close()
+
+
+class _Worker:
+    def __init__(self, context, paths, assignment):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, paths, assignment, dict(os.environ)),
+                                       daemon=True)
+        self.process.start()
+        child.close()
+        self.student: str | None = None
+        self.ready = False
+
+
+def _context():
+    # Workers fork from a server that has the grader imported already: cheap to start, and
+    # no threads or open gradebook of the parent are copied into them.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["autograder.pool"])
+    return context
+
+
+class Interrupted(Exception):
+    """Grading stopped at the user's request; what was recorded stays recorded."""
+
+
+def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: int,
+               on_result: Callable, on_tick: Callable = lambda: None) -> None:
+    """Grade `students` with `jobs` workers; `on_result(result)` is called (in this process) as
+    each submission is recorded. Raises Interrupted after a clean stop on SIGINT."""
+    recorder = Recorder(paths, assignment)
+    context = _context()
+    queue = collections.deque(students)
+    workers = [_Worker(context, paths, assignment) for _ in range(max(1, min(jobs, len(students))))]
+    stop_requested = threading.Event()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop_requested.set()) if in_main_thread else None
+    try:
+        while queue or any(w.student for w in workers):
+            if stop_requested.is_set():
+                raise Interrupted()
+            on_tick()
+            waitables = [w.conn for w in workers] + [w.process.sentinel for w in workers]
+            ready = multiprocessing.connection.wait(waitables, timeout=0.5)
+            finished = []
+            for worker in list(workers):
+                outcome, gone = None, False
+                if worker.conn in ready:
+                    try:
+                        message = worker.conn.recv()
+                    except (EOFError, OSError):
+                        gone = True
+                    else:
+                        if message == "ready":
+                            worker.ready = True
+                        elif isinstance(message, dict):
+                            outcome = message
+                elif worker.process.sentinel in ready:
+                    gone = True
+                if gone:
+                    worker.process.join(5)
+                    workers.remove(worker)
+                    if not worker.ready:
+                        raise AutograderError(f"a grading worker could not start (exit code "
+                                              f"{worker.process.exitcode}); try again with --jobs 1")
+                    if worker.student is not None:
+                        # The worker died (killed, out of memory): its submission gets an error,
+                        # the class goes on with a new worker.
+                        outcome = {"student": worker.student, "notes": [], "incidents": [], "isolation": "",
+                                   "error": f"the grading worker stopped unexpectedly (exit code "
+                                            f"{worker.process.exitcode}); grade this student again with "
+                                            f"--student {worker.student}"}
+                    if queue:
+                        workers.append(_Worker(context, paths, assignment))
+                if outcome is not None:
+                    worker.student = None
+                    finished.append(outcome)
+            # Workers get their next submission first, then the parent records: the two overlap.
+            for worker in workers:
+                if worker.ready and worker.student is None and queue and worker.process.is_alive():
+                    worker.student = queue.popleft()
+                    # A kernel started ahead only pays when some submission will still need it.
+                    worker.conn.send((worker.student, len(queue) >= len(workers)))
+            for outcome in finished:
+                if stop_requested.is_set():
+                    raise Interrupted()
+                on_result(recorder.record(outcome))
+    except BaseException:
+        _stop_workers(workers, now=True)
+        for student in students:  # run but not recorded: graded again on the next run
+            shutil.rmtree(executed_root(paths) / student / assignment, ignore_errors=True)
+            try:
+                (executed_root(paths) / student).rmdir()
+            except OSError:
+                pass
+        raise
+    else:
+        _stop_workers(workers, now=False)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(workers: list[_Worker], now: bool) -> None:
+    for worker in workers:
+        try:
+            if now:
+                os.kill(worker.process.pid, STOP_SIGNAL)
+            else:
+                worker.conn.send(None)
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + 20
+    for worker in workers:
+        worker.process.join(max(0.1, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(5)
+        worker.conn.close()

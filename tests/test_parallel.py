@@ -1,0 +1,230 @@
+"""Grading a class in parallel: the same grades as one at a time, a consistent gradebook, progress
+that says where it is, a clean stop on Ctrl-C and a resume that grades only what is left."""
+import io
+import os
+import signal
+import sqlite3
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from autograder import class_report, course, samples
+from autograder.progress import Progress
+from conftest import fixture_notebook, make_course_copy, submit_directly
+
+REPO = Path(__file__).resolve().parent.parent
+A = "ex02_data_gate"
+ATTACKS_DIR = Path(__file__).parent / "fixtures" / "attacks"
+# Misbehaving submissions share the class with honest ones: none may hold up or change the others.
+ATTACKS = ["kills_kernel", "many_lines", "memory_blowup"]
+# Right, blank, partial and two kinds of wrong: enough to tell grades apart, small enough to grade
+# twice (every fixture is graded once more, in parallel, by tests/test_exercises.py).
+CASES = ["correct", "blank", "partial", "coerces_in_place", "lesson_gate_only"]
+STUDENTS = CASES + ATTACKS
+
+
+def build_class(root: Path) -> "course.ClassPaths":
+    paths = make_course_copy(root)
+    course.generate(paths, A)
+    for case in CASES:
+        submit_directly(paths, case, A, fixture_notebook(paths, A, case))
+    for name in ATTACKS:
+        sample = samples.load(A, name, root=ATTACKS_DIR)
+        submit_directly(paths, name, A, samples.build(sample, paths.release / A / f"{A}.ipynb",
+                                                      paths.source / A / f"{A}.ipynb"))
+    return paths
+
+
+def expected_points(student):
+    root = ATTACKS_DIR if student in ATTACKS else samples.SAMPLES
+    return samples.load(A, student, root=root).expected_points
+
+
+def gradebook_rows(paths):
+    """Every grade and comment row, as comparable tuples (ids differ between gradebooks)."""
+    query = """SELECT student.id, notebook.name, base_cell.name, grade.auto_score, grade.needs_manual_grade
+               FROM grade JOIN submitted_notebook ON grade.notebook_id = submitted_notebook.id
+               JOIN submitted_assignment ON submitted_notebook.assignment_id = submitted_assignment.id
+               JOIN student ON submitted_assignment.student_id = student.id
+               JOIN notebook ON submitted_notebook.notebook_id = notebook.id
+               JOIN base_cell ON grade.cell_id = base_cell.id"""
+    with sqlite3.connect(paths.gradebook) as con:
+        grades = sorted(con.execute(query).fetchall())
+        comments = con.execute("SELECT count(*) FROM comment").fetchone()[0]
+        submissions = con.execute("SELECT count(*) FROM submitted_assignment").fetchone()[0]
+    return grades, comments, submissions
+
+
+@pytest.fixture(scope="module")
+def graded_both_ways(tmp_path_factory):
+    sequential = build_class(tmp_path_factory.mktemp("sequential"))
+    parallel = build_class(tmp_path_factory.mktemp("parallel"))
+    one = {r.student: r for r in course.grade(sequential, A, jobs=1)}
+    two = {r.student: r for r in course.grade(parallel, A, jobs=2)}
+    return (sequential, one), (parallel, two)
+
+
+def test_parallel_grades_equal_sequential_grades(graded_both_ways):
+    (_, one), (_, two) = graded_both_ways
+    assert sorted(one) == sorted(two) == sorted(STUDENTS)
+    for student in one:
+        a, b = one[student], two[student]
+        assert not a.error and not b.error, (a.error, b.error)
+        assert a.score == b.score == pytest.approx(expected_points(student)), student
+        assert [(c.grade_id, c.points, c.reason) for c in a.cells] == \
+            [(c.grade_id, c.points, c.reason) for c in b.cells], student
+        assert a.notes == b.notes and a.incidents == b.incidents
+
+
+def test_parallel_gradebook_has_every_row_once(graded_both_ways):
+    (sequential, one), (parallel, _) = graded_both_ways
+    grades, comments, submissions = gradebook_rows(parallel)
+    assert (grades, comments, submissions) == gradebook_rows(sequential)
+    assert submissions == len(one)
+    keys = [row[:3] for row in grades]
+    assert len(keys) == len(set(keys)), "a grade row is duplicated"
+    assert all(row[3] is not None for row in grades), "a grade was left half-written"
+
+
+def test_a_crashing_submission_is_reported_and_the_rest_graded(graded_both_ways):
+    (_, _), (parallel, two) = graded_both_ways
+    assert any("kernel died" in i for i in two["kills_kernel"].incidents)
+    assert two["correct"].score == pytest.approx(expected_points("correct"))
+    # Nothing is left between the two halves of grading.
+    assert not any((parallel.class_dir / "executed").rglob("*.ipynb"))
+
+
+def test_report_for_instructors(graded_both_ways):
+    (_, _), (parallel, two) = graded_both_ways
+    target = class_report.write_report(parallel, A, list(two.values()))
+    text = target.read_text()
+    assert target == parallel.class_dir / "reports" / f"{A}.html"
+    assert text.count("data:image/png;base64,") == 2  # distribution and pass rates
+    assert "kills_kernel" in text and "kernel died" in text  # failed to run, with its reason
+    for gid in {c.grade_id for c in two["correct"].cells}:
+        assert gid in text
+    # Grading one student still reports on the whole class.
+    alone = course.grade(parallel, A, student="correct")
+    assert len(class_report.class_results(parallel, A, alone)) == len(two)
+
+
+def test_flags_for_tests_nobody_or_everybody_passes():
+    stats = {"test_broken": {"passed": 0, "total": 5, "max_points": 1},
+             "test_weak": {"passed": 5, "total": 5, "max_points": 1},
+             "test_fine": {"passed": 3, "total": 5, "max_points": 1},
+             "test_few": {"passed": 0, "total": 2, "max_points": 1}}
+    found = dict(class_report.flags(stats))
+    assert set(found) == {"test_broken", "test_weak"}
+    assert "broken" in found["test_broken"] and "too weak" in found["test_weak"]
+
+
+def test_grade_table_gives_the_first_line_of_each_reason():
+    from autograder.cli import grade_table
+    result = course.SubmissionResult("ada", A, score=1, max_score=3, cells=[
+        course.CellResult("test_a", 0, 1, "CheckFailed: wrong result for: x\nmore detail"),
+        course.CellResult("test_b", 1, 1, ""),
+        course.CellResult("test_c", 0, 1, "AssertionError: should reject None")])
+    table = grade_table([result])
+    assert "test_a (CheckFailed: wrong result for: x)" in table
+    assert "test_c (AssertionError: should reject None)" in table
+    assert "more detail" not in table and "test_b" not in table
+
+
+def test_progress_off_a_terminal_prints_a_plain_line_every_few_seconds():
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress("grading", stream=out, interval=5, terminal=False, clock=lambda: now[0])
+    progress.start(10)
+    for step in range(4):
+        now[0] += 2
+        progress.advance(failed=step == 0)
+        progress.tick()
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3  # at the start, once after 5 s, at the end: not one per submission
+    assert lines[-1].startswith("grading: 4/10 graded") and "1 failed" in lines[-1]
+    assert "ETA 12s" in lines[-1] and "30.0/min" in lines[-1]
+    assert "\r" not in out.getvalue()
+
+
+def test_progress_on_a_terminal_redraws_a_bar():
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress("grading", stream=out, terminal=True, width=10, clock=lambda: now[0])
+    progress.start(4)
+    now[0] += 1
+    progress.advance()
+    assert out.getvalue().endswith("grading [##........] 1/4 graded, 60.0/min, ETA 3s, no failures")
+    assert "\r" in out.getvalue()
+
+
+def own_processes(marker: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text:
+            found.append(text[:200])
+    return found
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_grades_only_what_is_left(tmp_path):
+    paths = build_class(tmp_path / "course")
+    # The grader's own temporary folder, to see what it leaves behind. A short path: kernels'
+    # Unix sockets live under it, and a socket's path may not exceed 107 characters.
+    scratch = Path(tempfile.mkdtemp(prefix="cicd-t-", dir="/tmp"))
+    try:
+        interrupt_and_resume(paths, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def interrupt_and_resume(paths, scratch: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(scratch), "CICD_CELL_TIMEOUT": "20"}
+    command = [sys.executable, "-m", "autograder", "grade", A, "--jobs", "2", "--class-dir", str(paths.class_dir)]
+    # The run grades the course copy's assignment: run it from the copy, as an instructor would.
+    shutil_copy_autograder(paths.repo)
+    run = subprocess.Popen(command, cwd=paths.repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    states = paths.class_dir / "state" / A
+    total = len(STUDENTS)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(states.glob("*.json"))) < 2 and run.poll() is None:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    graded_before = {p.stem for p in states.glob("*.json")}
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted" in err and "run the same command again" in err
+    assert 2 <= len(graded_before) < total, "the interruption should land mid-run"
+    # Nothing is left running or lying around.
+    time.sleep(1)
+    assert own_processes(str(scratch)) == [] and own_processes(str(paths.class_dir)) == []
+    assert list(scratch.glob("cicd-kernel-*")) == []
+    assert not any((paths.class_dir / "executed").rglob("*.ipynb"))
+
+    again = subprocess.run(command, cwd=paths.repo, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{len(graded_before)} unchanged since the last grading, {total - len(graded_before)} to grade" \
+        in again.stderr
+    rows = [line.split() for line in again.stdout.splitlines()[1:] if line.split()[:1] and line.split()[0] in
+            STUDENTS]
+    assert len(rows) == total
+    for row in rows:
+        student, score = row[0], float(row[2])
+        assert score == pytest.approx(expected_points(student)), row
+        assert ("[unchanged since last grading]" in " ".join(row)) == (student in graded_before), row
+    assert "report for instructors:" in again.stdout
+    assert list(scratch.glob("cicd-kernel-*")) == []
+
+
+def shutil_copy_autograder(repo: Path) -> None:
+    """The grader's code beside the course copy, so `python -m autograder` grades that copy."""
+    shutil.copytree(REPO / "autograder", repo / "autograder", ignore=shutil.ignore_patterns("__pycache__"))

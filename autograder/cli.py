@@ -140,6 +140,10 @@ def _run(args) -> int:
             for note in notes_of(paths.submitted / student / args.assignment):
                 print(f"note: {student}: {note}", file=sys.stderr)
     elif args.verb == "grade":
+        from . import sandbox
+        # Said once, before grading: a limit this machine cannot hold per submission (or a bad CICD_*_LIMIT).
+        for line in sandbox.enforcement_report():
+            print(f"WARNING: {line}", file=sys.stderr)
         from .class_report import write_report
         from .pool import Interrupted
         from .progress import Progress
@@ -147,7 +151,7 @@ def _run(args) -> int:
             results = course.grade(paths, args.assignment, args.student, force=args.force, jobs=args.jobs,
                                    progress=Progress(f"grading {args.assignment}"))
         except (Interrupted, KeyboardInterrupt):
-            print(f"interrupted: what was graded is saved; run the same command again to grade the rest",
+            print("interrupted: what was graded is saved; run the same command again to grade the rest",
                   file=sys.stderr)
             return 130
         print(grade_table(results))
@@ -155,10 +159,6 @@ def _run(args) -> int:
         from .lint import forgeable_stock_cells
         for line in forgeable_stock_cells(paths, args.assignment):
             print(f"WARNING: {line}", file=sys.stderr)
-        unisolated = {r.isolation for r in results if r.isolation and r.isolation != "bubblewrap"}
-        for why in unisolated:
-            print(f"WARNING: student code ran WITHOUT isolation ({why}). Grades are still decided "
-                  "outside the kernel, but a submission could have read or changed files.", file=sys.stderr)
         return 1 if any(r.error for r in results) else 0
     elif args.verb == "feedback":
         files, notes = course.feedback(paths, args.assignment, args.student)

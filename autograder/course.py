@@ -28,7 +28,6 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor
 
 from . import AutograderError, inbound, reference, reports, submission
 from .config import ClassPaths, ensure_writable, load_course_config
-from .sandbox import isolation_status
 from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, VERDICT_ERROR
 
 # nbgrader 0.9.6 iterates over SQLAlchemy relationships while it changes them (api.py, e.g.

@@ -36,6 +36,11 @@ EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_CRASH = 0, 1, 2, 3
 CRASH_NOTE = ("ci_model.py itself failed (a bug or its environment): this is not a verdict "
               "on the model")
 
+if __name__ == "__main__":  # not when a lesson imports it: the caller's threads are its own business
+    # The model is tiny: a second BLAS thread only spins, taking a core from the jobs beside it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # scikit-learn and joblib are imported where they are used, so that a run stopped by the data
 # gate does not pay about a second for loading them.
 try:  # a missing library is the environment's fault: exit 3, never "weak model"

@@ -719,6 +719,10 @@ def simulate(workflow, event: str, snapshot=None, approve=False, *, inputs: dict
                         RUNNER_TEMP=context["runner"]["temp"],
                         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+        # A real runner has its cores to itself; simulated jobs share this machine's. With one BLAS
+        # thread per step, small models do not spin threads against each other (same results).
+        for threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            base_env.setdefault(threads, "1")
         (scratch / "artifacts").mkdir()
         run._state = {"workflow": workflow, "context": context, "scratch": scratch, "base_env": base_env,
                       "checkout": checkout if checkout is not None else [PIPELINE]}

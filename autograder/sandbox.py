@@ -385,8 +385,11 @@ def enforcement(limits: Limits | None = None) -> dict[str, tuple[bool, str]]:
         result["processes"] = (False, f"{why_no_cgroup}: RLIMIT_NPROC allows {limits.processes} processes and threads more "
                                       f"than the kernel's user already runs, shared by all submissions graded at once")
     if isolated:
-        result["disk"] = (True, f"{limits.disk_bytes / 1024**2:.0f} MiB scratch file system for the work folder and /tmp, "
-                                f"plus {limits.shm_bytes / 1024**2:.0f} MiB for /dev/shm")
+        tmp_apart = any(Path(root).is_relative_to("/tmp") for root in python_roots())
+        result["disk"] = (True, (f"{limits.disk_bytes / 1024**2:.0f} MiB scratch file systems for the work folder "
+                                 f"and, apart (Python lives under /tmp here), for /tmp" if tmp_apart else
+                                 f"{limits.disk_bytes / 1024**2:.0f} MiB scratch file system for the work folder and /tmp")
+                                + f", plus {limits.shm_bytes / 1024**2:.0f} MiB for /dev/shm")
     else:
         result["disk"] = (False, f"no sandbox ({isolation_status()}): only each file is capped, at "
                                  f"{limits.disk_bytes / 1024**2:.0f} MiB; the number of files is not")
@@ -458,7 +461,14 @@ class Sandbox:
                 cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for path in sorted(self._hidden_inside(SYSTEM_FOLDERS), key=len):
             cmd += ["--tmpfs", path]
-        for path in sorted(python_roots(), key=len):
+        # A Python environment inside /tmp (CI's `mktemp -d`, say) needs /tmp to exist before it is
+        # bound there: /tmp is then a scratch file system of its own, of the same size.
+        roots = sorted(python_roots(), key=len)
+        tmp_holds_python = any(Path(root).is_relative_to("/tmp") for root in roots)
+        if tmp_holds_python:
+            cmd += ["--perms", "1777", "--size", str(self.limits.disk_bytes), "--tmpfs", "/tmp"]
+            made.add("/tmp")
+        for path in roots:
             cmd += folders_up_to(path) + ["--ro-bind", path, path]
             made.add(path)
         cmd += ["--proc", "/proc", "--dev", "/dev",
@@ -466,9 +476,10 @@ class Sandbox:
         # One scratch file system of a fixed size holds the work folder and /tmp.
         tmp_inside = f"{LEARNER_HOME}/.tmp"
         cmd += folders_up_to(LEARNER_HOME)
-        cmd += ["--perms", "1777", "--size", str(self.limits.disk_bytes), "--tmpfs", LEARNER_HOME,
-                "--perms", "1777", "--dir", tmp_inside, "--symlink", tmp_inside, "/tmp",
-                "--perms", "0777", "--dir", inside_cwd]
+        cmd += ["--perms", "1777", "--size", str(self.limits.disk_bytes), "--tmpfs", LEARNER_HOME]
+        if not tmp_holds_python:
+            cmd += ["--perms", "1777", "--dir", tmp_inside, "--symlink", tmp_inside, "/tmp"]
+        cmd += ["--perms", "0777", "--dir", inside_cwd]
         cmd += folders_up_to(ASSIGNMENT_COPY) + ["--ro-bind", str(workcopy), ASSIGNMENT_COPY]
         cmd += ["--bind", str(ipc_dir), IPC_INSIDE]
         cmd += ["--chdir", inside_cwd, "--clearenv",

@@ -177,3 +177,17 @@ def test_a_learner_with_an_account_cannot_be_submitted_for_by_the_grader(tmp_pat
     course.collect(paths, ASSIGNMENT)
     assert not list((paths.submitted / alice / ASSIGNMENT).glob("*.ipynb"))
     assert any("belongs to root" in n for n in inbound.notes_of(paths.submitted / alice / ASSIGNMENT))
+
+
+@pytest.mark.parametrize("claimed", ["..", "", ".hidden"])
+def test_an_entry_naming_no_valid_learner_writes_nothing_outside_its_own_folder(tmp_path, claimed):
+    """A refused entry still had its notes written to submitted/<claimed name>/<assignment>: with
+    '..' that was a folder beside submitted/, with '' a learner named after the assignment."""
+    inbox, submitted = tmp_path / "inbound", tmp_path / "class" / "submitted"
+    inbox.mkdir()
+    submitted.mkdir(parents=True)
+    (inbox / f"{claimed}+{ASSIGNMENT}+{STAMP}+0").mkdir()
+    outcome = inbound.collect(inbox, submitted, ASSIGNMENT)
+    assert any("names no valid learner" in note for notes in outcome.values() for note in notes)
+    assert sorted(p.name for p in (tmp_path / "class").iterdir()) == ["submitted"]
+    assert list(submitted.iterdir()) == []

@@ -34,6 +34,8 @@ def read_submitted(path: Path) -> tuple[nbformat.NotebookNode | None, str | None
         data = json.loads(text)
     except json.JSONDecodeError as err:
         return None, f"{path.name} is not valid notebook JSON (line {err.lineno}: {err.msg}); it may be truncated"
+    except RecursionError:  # JSON nested deeper than Python's parser recurses: no notebook is like that
+        return None, f"{path.name} is JSON nested too deeply to be a notebook"
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         return None, f"{path.name} is JSON but not a notebook (it has no list of cells)"
     try:

@@ -25,6 +25,8 @@ def graded(tmp_path_factory):
     submit_directly(paths, "binary", A, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     submit_directly(paths, "empty", A, b"")
     submit_directly(paths, "not_a_notebook", A, '{"hello": "world"}')
+    # Deeper than Python's JSON parser recurses: it raised RecursionError, which stopped the whole class.
+    submit_directly(paths, "deeply_nested", A, '{"cells": [], "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}")
 
     missing = paths.submitted / "missing" / A
     missing.mkdir(parents=True)
@@ -64,6 +66,7 @@ def graded(tmp_path_factory):
     ("binary", 0, "not a text file"),
     ("empty", 0, "is empty"),
     ("not_a_notebook", 0, "not a notebook"),
+    ("deeply_nested", 0, "nested too deeply"),
     ("missing", 0, "was not handed in"),
     ("misnamed", FULL, "was handed in as ex02_data_gate-Copy1.ipynb"),
     ("extra", FULL, "scratch.ipynb is not part of this assignment"),

@@ -435,6 +435,18 @@ def test_writing_into_the_socket_folder_stops_the_kernel(tmp_path):
     assert "folder it shares with the grader" in km.limit_exceeded, km.limit_exceeded
 
 
+def test_empty_folders_in_the_socket_folder_stop_the_kernel_too(tmp_path):
+    """Only file sizes were counted: empty folders (a block and an inode of the host's disk each)
+    could be made without end, and walking them slowed every later look of the watchdog."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    outputs, km = run_in_sandbox(
+        "import os\nfor i in range(20000):\n    os.mkdir(f'/run/cicd-ipc/d{i}')\n"
+        "import time\ntime.sleep(2)\nprint('made 20000 folders')", LIMITS, tmp_path)
+    assert "made 20000 folders" not in "".join(outputs)
+    assert "folder it shares with the grader" in km.limit_exceeded, km.limit_exceeded
+
+
 def test_what_ci_needs_is_a_failure_there_and_a_skip_elsewhere(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true, so this is a failure"):

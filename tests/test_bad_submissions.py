@@ -54,6 +54,13 @@ def graded(tmp_path_factory):
         cell.metadata = {}
     submit_directly(paths, "stripped", A, stripped)
 
+    # Grade ids of the wrong JSON type: a list is unhashable, and rebuild's TypeError stopped the class.
+    odd_ids = fixture_notebook(paths, A, "correct")
+    for cell in odd_ids.cells:
+        if "nbgrader" in cell.metadata:
+            cell.metadata["nbgrader"]["grade_id"] = [cell.metadata["nbgrader"]["grade_id"]]
+    submit_directly(paths, "grade_ids_as_lists", A, json.dumps(odd_ids))
+
     other = nbformat.read(paths.release / "ex03_model_gate" / "ex03_model_gate.ipynb", as_version=4)
     submit_directly(paths, "other_assignment", A, other)
 
@@ -72,6 +79,7 @@ def graded(tmp_path_factory):
     ("extra", FULL, "scratch.ipynb is not part of this assignment"),
     ("edited_tests", 0, "was edited; the original was put back"),
     ("reordered", FULL, "cells were moved"),
+    ("grade_ids_as_lists", FULL, None),  # matched by cell id
     ("stripped", FULL, "lost its grading metadata"),
     ("other_assignment", 0, "another exercise"),
 ])

@@ -478,3 +478,16 @@ def test_a_course_kept_inside_a_shared_system_folder_stays_hidden(tmp_path):
         assert MARKER not in hidden.stdout and hidden.returncode == 0, hidden.stderr
     finally:
         shutil.rmtree(clone, ignore_errors=True)
+
+
+def test_cells_that_sleep_cannot_add_up_past_the_notebooks_total_time(tmp_path):
+    """Sleeping costs no CPU, and each cell stayed under the cell timeout: a learner's extra cells
+    could hold the grader (and the class queued behind it) for as long as they liked."""
+    from nbformat.v4 import new_code_cell, new_notebook
+    from autograder.preprocessors import GuardedExecute
+    nb = new_notebook(cells=[new_code_cell(f"import time\ntime.sleep(3)\nprint('cell {i}')") for i in range(4)])
+    runner = GuardedExecute(timeout=5, total_timeout=7, isolate=isolation_status() == "bubblewrap")
+    runner.preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    printed = [o.get("text", "") for c in nb.cells for o in c.outputs]
+    assert "cell 0\n" in printed and "cell 3\n" not in printed, printed
+    assert "total time limit of 7 s" in nb.metadata["cicd_grading"]["incident"], nb.metadata

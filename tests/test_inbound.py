@@ -191,3 +191,21 @@ def test_an_entry_naming_no_valid_learner_writes_nothing_outside_its_own_folder(
     assert any("names no valid learner" in note for notes in outcome.values() for note in notes)
     assert sorted(p.name for p in (tmp_path / "class").iterdir()) == ["submitted"]
     assert list(submitted.iterdir()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="collect believes the time stamp the learner wrote (in the entry's name and "
+                   "timestamp.txt, both the learner's); the fix is to check it against the entry's ctime, which no "
+                   "learner can set, and note or replace a stamp that is earlier: a decision on clock skew first")
+def test_a_submission_cannot_claim_to_be_older_than_it_is(tmp_path):
+    """A late learner writes an on-time stamp and escapes the late penalty (stock nbgrader too)."""
+    inbox, submitted = tmp_path / "inbound", tmp_path / "submitted"
+    inbox.mkdir()
+    forged = "2020-01-01 00:00:00.000000 UTC"
+    folder = inbox / f"{os.environ.get('USER') or pwd.getpwuid(os.geteuid()).pw_name}+{ASSIGNMENT}+{forged}+0"
+    folder.mkdir()
+    (folder / "timestamp.txt").write_text(forged)
+    (folder / f"{ASSIGNMENT}.ipynb").write_text("{}")
+    outcome = inbound.collect(inbox, submitted, ASSIGNMENT)
+    (student,) = outcome
+    stamp = (submitted / student / ASSIGNMENT / "timestamp.txt").read_text()
+    assert stamp != forged or any("time stamp" in note for note in outcome[student])

@@ -431,7 +431,10 @@ class Sandbox:
 
     def _bubblewrap(self, workcopy: Path, inside_cwd: str, ipc_dir: Path) -> list[str]:
         as_root = os.geteuid() == 0
-        cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+        # bubblewrap stays pid 1 of the sandbox, and its /proc/1/environ is readable by a kernel of the
+        # same uid (an unprivileged grader): it starts with an empty environment (--clearenv is the child's).
+        cmd = ["env", "-i", shutil.which("bwrap") or "/usr/bin/bwrap",
+               "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         if not as_root:
             cmd.append("--unshare-user")

@@ -491,3 +491,23 @@ def test_cells_that_sleep_cannot_add_up_past_the_notebooks_total_time(tmp_path):
     printed = [o.get("text", "") for c in nb.cells for o in c.outputs]
     assert "cell 0\n" in printed and "cell 3\n" not in printed, printed
     assert "total time limit of 7 s" in nb.metadata["cicd_grading"]["incident"], nb.metadata
+
+
+def test_the_sandbox_init_holds_none_of_the_graders_environment(tmp_path):
+    """--clearenv empties the kernel's environment, not bubblewrap's own: bubblewrap stays as pid 1
+    of the sandbox, and as an unprivileged instructor (same uid) the kernel read the grader's whole
+    environment, tokens included, from /proc/1/environ."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    (tmp_path / "work").mkdir()
+    probe = ["/bin/sh", "-c", "sleep 3"]
+    started = subprocess.Popen(Sandbox(limits=LIMITS).command(probe, tmp_path / "work", "/home/learner/w", tmp_path),
+                               env={**os.environ, "CICD_PROBE_SECRET": "s3cr3t"})
+    try:
+        for _ in range(100):  # until `env -i` (if any) has become bubblewrap
+            if Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap"):
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert b"CICD_PROBE_SECRET" not in Path(f"/proc/{started.pid}/environ").read_bytes()
+    finally:
+        started.wait(timeout=60)

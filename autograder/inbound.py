@@ -72,6 +72,11 @@ def owner_problem(student: str, uid: int) -> str:
     return f"it claims to be {student}, who has no account here, and belongs to {_owner_name(uid)}"
 
 
+def valid_learner(student: str) -> bool:
+    """A name that is one ordinary folder under submitted/ (not '', '..', hidden or a path)."""
+    return bool(student) and not student.startswith(".") and "/" not in student
+
+
 def scan(inbound: Path, assignment: str) -> list[Entry]:
     entries = []
     for name in sorted(os.listdir(inbound)):
@@ -86,7 +91,7 @@ def scan(inbound: Path, assignment: str) -> list[Entry]:
             entry.refused = f"inbound entry {name!r} has no valid time stamp"
             entries.append(entry)
             continue
-        if not student or student.startswith(".") or "/" in student:
+        if not valid_learner(student):
             entry.refused = f"inbound entry {name!r} names no valid learner"
         else:
             info = os.lstat(inbound / name)
@@ -179,6 +184,9 @@ def collect(inbound: Path, submitted: Path, assignment: str) -> dict[str, list[s
         entries.sort(key=lambda e: (e.timestamp is not None, e.timestamp or 0), reverse=True)
         chosen = next((e for e in entries if not e.refused), None)
         refusals = [e.refused for e in entries if e.refused]
+        if not valid_learner(student):  # its notes go to the caller only: its name is no folder of ours
+            outcome[student] = refusals
+            continue
         target = submitted / student / assignment
         if chosen is not None:
             existing = _existing_timestamp(target) if target.is_dir() else None

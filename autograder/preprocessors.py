@@ -20,6 +20,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import nbformat
@@ -58,13 +59,20 @@ class GuardedExecute(Execute):
         self._sandboxed_manager = manager  # nbclient drops self.km at cleanup; its verdict on limits stays
         return manager
 
+    total_timeout = Integer(600, help="Wall-clock seconds for the whole notebook: a learner's own cells "
+                                      "that each sleep just under the cell timeout cannot add up").tag(config=True)
+
     def preprocess(self, nb, resources=None, km=None):
         self._running_cell = None
+        self._deadline = time.monotonic() + self.total_timeout
         try:
             return super().preprocess(nb, resources, km=km)
         except Exception as err:  # the student's kernel misbehaved; the class goes on
             # A kernel the sandbox's watchdog stopped says which per-submission limit it crossed.
             stopped = getattr(getattr(self, "_sandboxed_manager", None), "limit_exceeded", "")
+            if not stopped and time.monotonic() >= self._deadline - 1:
+                stopped = (f"the notebook ran past its total time limit of {self.total_timeout} s "
+                           f"(all cells together) and was stopped")
             message = f"{stopped}; later cells did not run" if stopped else _incident(err)
             self.log.warning("Execution stopped: %s", message)
             index = self._running_cell
@@ -73,6 +81,14 @@ class GuardedExecute(Execute):
                 target.outputs.append(_error_output("ExecutionStopped", message))
             nb.metadata.setdefault("cicd_grading", {})["incident"] = message
             return nb, resources
+
+    def _get_timeout(self, cell):
+        # Sleeping uses no CPU, so the CPU limit never sees it: the notebook's clock is what bounds it.
+        per_cell = super()._get_timeout(cell)
+        if getattr(self, "_deadline", None) is None:
+            return per_cell
+        remaining = max(1, int(self._deadline - time.monotonic()))
+        return remaining if per_cell is None else min(per_cell, remaining)
 
     max_output_bytes = Integer(2_000_000, help="Output kept per cell while it runs; the rest is dropped").tag(config=True)
 

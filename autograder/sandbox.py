@@ -52,6 +52,7 @@ IPC_INSIDE = "/run/cicd-ipc"  # the kernel's sockets and connection file, seen b
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WATCH_INTERVAL = 0.2  # seconds between two looks of the watchdog
 IPC_FOLDER_BYTES = 1024**2  # the connection file and sockets take a few hundred bytes
+DISK_BLOCK = 4096  # what an empty file or folder costs the host's disk, at least
 MIN_ADDRESS_SPACE = 1024**3  # a Python kernel with numpy reserves more address space than it uses
 
 # The operating system's runtime files. Whole folders of /etc are not needed: the loader's
@@ -433,7 +434,10 @@ class Sandbox:
 
     def _bubblewrap(self, workcopy: Path, inside_cwd: str, ipc_dir: Path) -> list[str]:
         as_root = os.geteuid() == 0
-        cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+        # bubblewrap stays pid 1 of the sandbox, and its /proc/1/environ is readable by a kernel of the
+        # same uid (an unprivileged grader): it starts with an empty environment (--clearenv is the child's).
+        cmd = ["env", "-i", shutil.which("bwrap") or "/usr/bin/bwrap",
+               "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         if not as_root:
             cmd.append("--unshare-user")
@@ -635,14 +639,18 @@ def _proportional_memory(pid: int, resident: int) -> int:
     return resident
 
 
-def _bytes_in(folder: Path) -> int:
+def _bytes_in(folder: Path, enough: int = IPC_FOLDER_BYTES) -> int:
+    """Disk the folder takes, every entry (an empty file or folder too) costing at least a block;
+    the walk stops past `enough`, so a folder of millions of entries cannot slow the watchdog."""
     total = 0
-    for parent, _, files in os.walk(folder):
-        for name in files:
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
             try:
-                total += os.lstat(os.path.join(parent, name)).st_size
+                total += max(os.lstat(os.path.join(parent, name)).st_size, DISK_BLOCK)
             except OSError:
                 pass
+            if total > enough:
+                return total
     return total
 
 

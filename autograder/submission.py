@@ -34,6 +34,8 @@ def read_submitted(path: Path) -> tuple[nbformat.NotebookNode | None, str | None
         data = json.loads(text)
     except json.JSONDecodeError as err:
         return None, f"{path.name} is not valid notebook JSON (line {err.lineno}: {err.msg}); it may be truncated"
+    except RecursionError:  # JSON nested deeper than Python's parser recurses: no notebook is like that
+        return None, f"{path.name} is JSON nested too deeply to be a notebook"
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         return None, f"{path.name} is JSON but not a notebook (it has no list of cells)"
     try:
@@ -49,7 +51,19 @@ def _nbgrader_meta(cell) -> dict:
 
 
 def _key_of(cell) -> str | None:
-    return _nbgrader_meta(cell).get("grade_id")
+    key = _nbgrader_meta(cell).get("grade_id")
+    return key if isinstance(key, str) else None  # a list would be unhashable; a number no grade id
+
+
+def _id_of(cell) -> str | None:
+    cell_id = cell.get("id")
+    return cell_id if isinstance(cell_id, str) else None
+
+
+def _source_of(cell) -> str:
+    """The cell's text; a source of another JSON type (nbformat does not refuse one) is no answer."""
+    source = cell.get("source", "")
+    return source if isinstance(source, str) else ""
 
 
 def _is_answer(cell) -> bool:
@@ -78,13 +92,13 @@ def rebuild(skeleton, submitted) -> tuple[nbformat.NotebookNode, list[str]]:
     anchor, order = -1, []
     for cell in submitted.cells:
         index = by_grade_id.get(_key_of(cell)) if _key_of(cell) else None
-        if index is None and cell.get("id") in by_cell_id:
-            index = by_cell_id[cell.get("id")]
+        if index is None and _id_of(cell) in by_cell_id:
+            index = by_cell_id[_id_of(cell)]
         if index is not None and index not in matched:
             matched[index] = cell
             anchor = index
             order.append(index)
-        elif cell.get("cell_type") == "code" and str(cell.get("source", "")).strip():
+        elif cell.get("cell_type") == "code" and _source_of(cell).strip():
             extras.setdefault(anchor, []).append(cell)
 
     graded_parts = {i for i, c in enumerate(result.cells) if _is_answer(c) or _nbgrader_meta(c).get("grade")}
@@ -103,14 +117,14 @@ def rebuild(skeleton, submitted) -> tuple[nbformat.NotebookNode, list[str]]:
             if mine is None:
                 notes.append(f"answer cell '{name}' is missing; it was graded as unanswered")
             else:
-                skel.source = mine.get("source", "")
+                skel.source = _source_of(mine)
                 if not _nbgrader_meta(mine):
                     notes.append(f"answer cell '{name}' had lost its grading metadata; it was restored")
         elif meta.get("grade") or meta.get("locked"):
             kind = "test cell" if meta.get("grade") else "read-only cell"
             if mine is None:
                 notes.append(f"{kind} '{name}' was deleted; the original was put back")
-            elif mine.get("source", "") != skel.get("source", ""):
+            elif _source_of(mine) != skel.get("source", ""):
                 notes.append(f"{kind} '{name}' was edited; the original was put back")
             elif not _nbgrader_meta(mine):
                 notes.append(f"{kind} '{name}' had lost its grading metadata; it was restored")
@@ -128,7 +142,7 @@ def rebuild(skeleton, submitted) -> tuple[nbformat.NotebookNode, list[str]]:
 
 def _clean_extra(cell, cell_id: str):
     """A learner's own code cell keeps its source and nothing that could pose as grading metadata."""
-    new = nbformat.v4.new_code_cell(cell.get("source", ""))
+    new = nbformat.v4.new_code_cell(_source_of(cell))
     new.id = cell_id
     return new
 

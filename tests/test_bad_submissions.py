@@ -25,6 +25,8 @@ def graded(tmp_path_factory):
     submit_directly(paths, "binary", A, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     submit_directly(paths, "empty", A, b"")
     submit_directly(paths, "not_a_notebook", A, '{"hello": "world"}')
+    # Deeper than Python's JSON parser recurses: it raised RecursionError, which stopped the whole class.
+    submit_directly(paths, "deeply_nested", A, '{"cells": [], "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}")
 
     missing = paths.submitted / "missing" / A
     missing.mkdir(parents=True)
@@ -52,6 +54,13 @@ def graded(tmp_path_factory):
         cell.metadata = {}
     submit_directly(paths, "stripped", A, stripped)
 
+    # Grade ids of the wrong JSON type: a list is unhashable, and rebuild's TypeError stopped the class.
+    odd_ids = fixture_notebook(paths, A, "correct")
+    for cell in odd_ids.cells:
+        if "nbgrader" in cell.metadata:
+            cell.metadata["nbgrader"]["grade_id"] = [cell.metadata["nbgrader"]["grade_id"]]
+    submit_directly(paths, "grade_ids_as_lists", A, json.dumps(odd_ids))
+
     other = nbformat.read(paths.release / "ex03_model_gate" / "ex03_model_gate.ipynb", as_version=4)
     submit_directly(paths, "other_assignment", A, other)
 
@@ -64,11 +73,13 @@ def graded(tmp_path_factory):
     ("binary", 0, "not a text file"),
     ("empty", 0, "is empty"),
     ("not_a_notebook", 0, "not a notebook"),
+    ("deeply_nested", 0, "nested too deeply"),
     ("missing", 0, "was not handed in"),
     ("misnamed", FULL, "was handed in as ex02_data_gate-Copy1.ipynb"),
     ("extra", FULL, "scratch.ipynb is not part of this assignment"),
     ("edited_tests", 0, "was edited; the original was put back"),
     ("reordered", FULL, "cells were moved"),
+    ("grade_ids_as_lists", FULL, None),  # matched by cell id
     ("stripped", FULL, "lost its grading metadata"),
     ("other_assignment", 0, "another exercise"),
 ])

@@ -177,3 +177,35 @@ def test_a_learner_with_an_account_cannot_be_submitted_for_by_the_grader(tmp_pat
     course.collect(paths, ASSIGNMENT)
     assert not list((paths.submitted / alice / ASSIGNMENT).glob("*.ipynb"))
     assert any("belongs to root" in n for n in inbound.notes_of(paths.submitted / alice / ASSIGNMENT))
+
+
+@pytest.mark.parametrize("claimed", ["..", "", ".hidden"])
+def test_an_entry_naming_no_valid_learner_writes_nothing_outside_its_own_folder(tmp_path, claimed):
+    """A refused entry still had its notes written to submitted/<claimed name>/<assignment>: with
+    '..' that was a folder beside submitted/, with '' a learner named after the assignment."""
+    inbox, submitted = tmp_path / "inbound", tmp_path / "class" / "submitted"
+    inbox.mkdir()
+    submitted.mkdir(parents=True)
+    (inbox / f"{claimed}+{ASSIGNMENT}+{STAMP}+0").mkdir()
+    outcome = inbound.collect(inbox, submitted, ASSIGNMENT)
+    assert any("names no valid learner" in note for notes in outcome.values() for note in notes)
+    assert sorted(p.name for p in (tmp_path / "class").iterdir()) == ["submitted"]
+    assert list(submitted.iterdir()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="collect believes the time stamp the learner wrote (in the entry's name and "
+                   "timestamp.txt, both the learner's); the fix is to check it against the entry's ctime, which no "
+                   "learner can set, and note or replace a stamp that is earlier: a decision on clock skew first")
+def test_a_submission_cannot_claim_to_be_older_than_it_is(tmp_path):
+    """A late learner writes an on-time stamp and escapes the late penalty (stock nbgrader too)."""
+    inbox, submitted = tmp_path / "inbound", tmp_path / "submitted"
+    inbox.mkdir()
+    forged = "2020-01-01 00:00:00.000000 UTC"
+    folder = inbox / f"{os.environ.get('USER') or pwd.getpwuid(os.geteuid()).pw_name}+{ASSIGNMENT}+{forged}+0"
+    folder.mkdir()
+    (folder / "timestamp.txt").write_text(forged)
+    (folder / f"{ASSIGNMENT}.ipynb").write_text("{}")
+    outcome = inbound.collect(inbox, submitted, ASSIGNMENT)
+    (student,) = outcome
+    stamp = (submitted / student / ASSIGNMENT / "timestamp.txt").read_text()
+    assert stamp != forged or any("time stamp" in note for note in outcome[student])

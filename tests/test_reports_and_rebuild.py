@@ -138,3 +138,21 @@ def test_unreadable_files_get_plain_reasons(tmp_path):
         assert nb is None and name in problem
     assert "empty" in submission.read_submitted(tmp_path / "empty.ipynb")[1]
     assert "truncated" in submission.read_submitted(tmp_path / "cut.ipynb")[1]
+
+
+def test_metadata_and_source_of_the_wrong_json_type_are_treated_as_absent():
+    """A grade id that is a list (unhashable) raised TypeError in rebuild, which stopped the class's
+    grading; a source that is a number reached the kernel as an answer."""
+    odd = submitted("def f(x):\n    return x")
+    odd.cells[1].metadata["nbgrader"]["grade_id"] = ["answer_f"]
+    graded, notes = submission.rebuild(skeleton(), odd)
+    assert graded.cells[1].source == "def f(x):\n    return x"  # matched by its cell id instead
+    numeric = submitted("def f(x):\n    return x")
+    numeric.cells[1].source = 5
+    numeric.cells[1].id = ["answer_f"]
+    numeric.cells.append(nbformat.from_dict({"cell_type": "code", "source": {"a": 1}, "metadata": {},
+                                             "outputs": [], "execution_count": None, "id": "mine"}))
+    graded, notes = submission.rebuild(skeleton(), numeric)
+    assert all(isinstance(c.source, str) for c in graded.cells)
+    assert "NotImplementedError" not in graded.cells[1].source and graded.cells[1].source == ""
+    nbformat.validate(graded)

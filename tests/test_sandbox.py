@@ -435,6 +435,18 @@ def test_writing_into_the_socket_folder_stops_the_kernel(tmp_path):
     assert "folder it shares with the grader" in km.limit_exceeded, km.limit_exceeded
 
 
+def test_empty_folders_in_the_socket_folder_stop_the_kernel_too(tmp_path):
+    """Only file sizes were counted: empty folders (a block and an inode of the host's disk each)
+    could be made without end, and walking them slowed every later look of the watchdog."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    outputs, km = run_in_sandbox(
+        "import os\nfor i in range(20000):\n    os.mkdir(f'/run/cicd-ipc/d{i}')\n"
+        "import time\ntime.sleep(2)\nprint('made 20000 folders')", LIMITS, tmp_path)
+    assert "made 20000 folders" not in "".join(outputs)
+    assert "folder it shares with the grader" in km.limit_exceeded, km.limit_exceeded
+
+
 def test_what_ci_needs_is_a_failure_there_and_a_skip_elsewhere(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true, so this is a failure"):
@@ -466,3 +478,36 @@ def test_a_course_kept_inside_a_shared_system_folder_stays_hidden(tmp_path):
         assert MARKER not in hidden.stdout and hidden.returncode == 0, hidden.stderr
     finally:
         shutil.rmtree(clone, ignore_errors=True)
+
+
+def test_cells_that_sleep_cannot_add_up_past_the_notebooks_total_time(tmp_path):
+    """Sleeping costs no CPU, and each cell stayed under the cell timeout: a learner's extra cells
+    could hold the grader (and the class queued behind it) for as long as they liked."""
+    from nbformat.v4 import new_code_cell, new_notebook
+    from autograder.preprocessors import GuardedExecute
+    nb = new_notebook(cells=[new_code_cell(f"import time\ntime.sleep(3)\nprint('cell {i}')") for i in range(4)])
+    runner = GuardedExecute(timeout=5, total_timeout=7, isolate=isolation_status() == "bubblewrap")
+    runner.preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    printed = [o.get("text", "") for c in nb.cells for o in c.outputs]
+    assert "cell 0\n" in printed and "cell 3\n" not in printed, printed
+    assert "total time limit of 7 s" in nb.metadata["cicd_grading"]["incident"], nb.metadata
+
+
+def test_the_sandbox_init_holds_none_of_the_graders_environment(tmp_path):
+    """--clearenv empties the kernel's environment, not bubblewrap's own: bubblewrap stays as pid 1
+    of the sandbox, and as an unprivileged instructor (same uid) the kernel read the grader's whole
+    environment, tokens included, from /proc/1/environ."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
+    (tmp_path / "work").mkdir()
+    probe = ["/bin/sh", "-c", "sleep 3"]
+    started = subprocess.Popen(Sandbox(limits=LIMITS).command(probe, tmp_path / "work", "/home/learner/w", tmp_path),
+                               env={**os.environ, "CICD_PROBE_SECRET": "s3cr3t"})
+    try:
+        for _ in range(100):  # until `env -i` (if any) has become bubblewrap
+            if Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap"):
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert b"CICD_PROBE_SECRET" not in Path(f"/proc/{started.pid}/environ").read_bytes()
+    finally:
+        started.wait(timeout=60)

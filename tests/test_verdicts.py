@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from autograder import course, lint
+from autograder import course, lint, reports
 from autograder.config import ClassPaths
 from conftest import REPO
 
@@ -183,3 +183,16 @@ def test_stub_keeps_names_and_signatures_but_does_no_work():
 ])
 def test_forging_strategies(expected, records, forged):
     assert bool(lint.forged_by(expected, records)) is forged
+
+
+@pytest.mark.parametrize("got, expected, equal", [
+    (10 ** 400, 3, False),        # float(10**400) raised OverflowError and crashed the grader
+    (10 ** 400, 3.0, False),
+    ([10 ** 400], [1], False),
+    (10 ** 400, 10 ** 400, True),
+    (1_000_001, 1_000_000, False),  # a count is exact: within 1e-6 of a million is still off by one
+    (3, 3.0, True),
+    (True, 1, False),
+])
+def test_values_match_never_raises_and_counts_are_exact(got, expected, equal):
+    assert reports.values_match(got, expected) is equal

@@ -21,7 +21,7 @@ import pytest
 
 from autograder import samples
 from autograder.sandbox import isolation_status
-from conftest import REPO, fixture_notebook, make_course_copy, submit_directly
+from conftest import skip_or_fail, REPO, fixture_notebook, make_course_copy, submit_directly
 
 ASSIGNMENT = "ex02_data_gate"
 ATTACKS = REPO / "tests" / "fixtures" / "attacks"
@@ -137,8 +137,9 @@ def formgrader(tmp_path):
         log.close()
 
 
-@pytest.mark.skipif(isolation_status() != "bubblewrap", reason="needs bubblewrap: " + isolation_status())
 def test_formgrader_collect_and_autograde_buttons_use_our_pipeline(formgrader):
+    if isolation_status() != "bubblewrap":
+        skip_or_fail("needs bubblewrap: " + isolation_status())
     paths, env, call = formgrader
     nbgrader(paths, env, "generate_assignment", ASSIGNMENT, "--force")
     inbound = paths.exchange / "cicd-for-models" / "inbound"

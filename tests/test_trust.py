@@ -240,10 +240,11 @@ def test_the_leaking_attacks_are_real(classroom):
         assert len(hidden_lines_found(paths, feedback_text(paths, student, "old-feedback"))) > 10, student
 
 
-@pytest.mark.skipif(isolation_status() != "bubblewrap", reason="needs bubblewrap: " + isolation_status())
 def test_feedback_keeps_visible_failure_messages(leak_feedback):
     """A wrong answer that hid itself only while graded fails its visible tests in the feedback run,
     and the learner reads their messages."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail("needs bubblewrap: " + isolation_status())
     text = feedback_text(leak_feedback, "only_when_graded")
     assert "AssertionError: validate_training_data" in text
     assert "checks without the expected result" in text

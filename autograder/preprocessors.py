@@ -69,7 +69,9 @@ class GuardedExecute(Execute):
             return super().preprocess(nb, resources, km=km)
         except Exception as err:  # the student's kernel misbehaved; the class goes on
             # A kernel the sandbox's watchdog stopped says which per-submission limit it crossed.
-            stopped = getattr(getattr(self, "_sandboxed_manager", None), "limit_exceeded", "")
+            # The manager is ours, or one the grading pool started ahead and handed in.
+            manager = km if km is not None else getattr(self, "_sandboxed_manager", None)
+            stopped = getattr(manager, "limit_exceeded", "")
             if not stopped and time.monotonic() >= self._deadline - 1:
                 stopped = (f"the notebook ran past its total time limit of {self.total_timeout} s "
                            f"(all cells together) and was stopped")

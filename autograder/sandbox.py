@@ -387,8 +387,8 @@ def enforcement(limits: Limits | None = None) -> dict[str, tuple[bool, str]]:
                                       f"than the kernel's user already runs, shared by all submissions graded at once")
     if isolated:
         tmp_apart = any(Path(root).is_relative_to("/tmp") for root in python_roots())
-        result["disk"] = (True, (f"{limits.disk_bytes / 1024**2:.0f} MiB scratch file systems for the work folder "
-                                 f"and, apart (Python lives under /tmp here), for /tmp" if tmp_apart else
+        result["disk"] = (True, (f"{limits.disk_bytes / 1024**2:.0f} MiB of scratch file systems, split between the "
+                                 f"work folder and /tmp (Python lives under /tmp here)" if tmp_apart else
                                  f"{limits.disk_bytes / 1024**2:.0f} MiB scratch file system for the work folder and /tmp")
                                 + f", plus {limits.shm_bytes / 1024**2:.0f} MiB for /dev/shm")
     else:
@@ -465,12 +465,14 @@ class Sandbox:
                 cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for path in sorted(self._hidden_inside(SYSTEM_FOLDERS), key=len):
             cmd += ["--tmpfs", path]
-        # A Python environment inside /tmp (CI's `mktemp -d`, say) needs /tmp to exist before it is
-        # bound there: /tmp is then a scratch file system of its own, of the same size.
+        # A Python environment inside /tmp needs /tmp to exist before it is bound there: /tmp is
+        # then a scratch file system of its own.
         roots = sorted(python_roots(), key=len)
         tmp_holds_python = any(Path(root).is_relative_to("/tmp") for root in roots)
+        # The disk limit is then split between the two, so that together they still hold it.
+        home_bytes = self.limits.disk_bytes - self.limits.disk_bytes // 2 if tmp_holds_python else self.limits.disk_bytes
         if tmp_holds_python:
-            cmd += ["--perms", "1777", "--size", str(self.limits.disk_bytes), "--tmpfs", "/tmp"]
+            cmd += ["--perms", "1777", "--size", str(self.limits.disk_bytes // 2), "--tmpfs", "/tmp"]
             made.add("/tmp")
         for path in roots:
             cmd += folders_up_to(path) + ["--ro-bind", path, path]
@@ -480,7 +482,7 @@ class Sandbox:
         # One scratch file system of a fixed size holds the work folder and /tmp.
         tmp_inside = f"{LEARNER_HOME}/.tmp"
         cmd += folders_up_to(LEARNER_HOME)
-        cmd += ["--perms", "1777", "--size", str(self.limits.disk_bytes), "--tmpfs", LEARNER_HOME]
+        cmd += ["--perms", "1777", "--size", str(home_bytes), "--tmpfs", LEARNER_HOME]
         if not tmp_holds_python:
             cmd += ["--perms", "1777", "--dir", tmp_inside, "--symlink", tmp_inside, "/tmp"]
         cmd += ["--perms", "0777", "--dir", inside_cwd]

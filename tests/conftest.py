@@ -117,10 +117,14 @@ class ThrowawayUser:
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", "; ".join(steps + [f"exec {run}"])]
 
     def processes(self) -> list[int]:
+        """The user's live processes. A zombie (state Z) is already dead: it waits only for its
+        new parent, which here may be an init that reaps late, to collect its exit status."""
         found = []
         for status in Path("/proc").glob("[0-9]*/status"):
             try:
-                if re.search(rf"^Uid:\s+{self.uid}\s", status.read_text(), re.MULTILINE):
+                text = status.read_text()
+                if re.search(rf"^Uid:\s+{self.uid}\s", text, re.MULTILINE) and \
+                        not re.search(r"^State:\s+Z", text, re.MULTILINE):
                     found.append(int(status.parent.name))
             except OSError:
                 pass

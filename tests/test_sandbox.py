@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -233,6 +234,10 @@ def attacked_class(request, throwaway_user, class_template):
         else:
             throwaway_user.own(root)
             results = grade_as(throwaway_user, root)
+            # A killed kernel may take a moment to vanish; one that is still there after 10 s leaked.
+            deadline = time.monotonic() + 10
+            while throwaway_user.processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert not throwaway_user.processes(), "the submissions left processes running"
         yield mode, paths, results
     finally:

@@ -41,6 +41,18 @@ def submit_directly(paths: ClassPaths, student: str, assignment: str, nb) -> Pat
     return target
 
 
+def block_lines(paths: ClassPaths, assignment: str, block: str, longer_than: int) -> list[str]:
+    """Stripped lines longer than `longer_than` inside the first `### BEGIN {block}` ... `### END
+    {block}` of each cell of an assignment's source notebook (block: "SOLUTION" or "HIDDEN TESTS")."""
+    source = nbformat.read(paths.source / assignment / f"{assignment}.ipynb", as_version=4)
+    lines = []
+    for cell in source.cells:
+        for part in cell.source.split(f"### BEGIN {block}")[1:2]:
+            lines += [line.strip() for line in part.split(f"### END {block}")[0].splitlines()
+                      if len(line.strip()) > longer_than]
+    return lines
+
+
 def fixture_notebook(paths: ClassPaths, assignment: str, case: str):
     sample = samples.load(assignment, case)
     return samples.build(sample, paths.release / assignment / f"{assignment}.ipynb",

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from autograder import course, inbound
-from conftest import fixture_notebook, make_course_copy
+from conftest import block_lines, fixture_notebook, make_course_copy
 
 ASSIGNMENT = "ex02_data_gate"
 STAMP = "2026-11-30 12:00:00.000000 UTC"
@@ -34,12 +34,7 @@ def entry(paths, student, stamp=STAMP):
 
 
 def solution_lines(paths):
-    source = nbformat.read(paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
-    lines = []
-    for cell in source.cells:
-        if "### BEGIN SOLUTION" in cell.source:
-            block = cell.source.split("### BEGIN SOLUTION")[1].split("### END SOLUTION")[0]
-            lines += [line.strip() for line in block.splitlines() if len(line.strip()) > 30]
+    lines = block_lines(paths, ASSIGNMENT, "SOLUTION", 30)
     assert lines
     return lines
 

@@ -11,7 +11,6 @@ import re
 import sqlite3
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
@@ -19,7 +18,7 @@ from traitlets.config import Config
 
 from autograder import course, lint, samples
 from autograder.sandbox import isolation_status
-from conftest import fixture_notebook, make_course_copy, skip_or_fail, submit_directly
+from conftest import block_lines, fixture_notebook, make_course_copy, skip_or_fail, submit_directly
 
 ASSIGNMENT = "ex02_data_gate"
 ATTACKS_DIR = Path(__file__).parent / "fixtures" / "attacks"
@@ -171,12 +170,7 @@ def test_huge_output_is_cut(classroom, name):
 
 
 def hidden_test_lines(paths):
-    source = nbformat.read(paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
-    lines = []
-    for cell in source.cells:
-        if "BEGIN HIDDEN TESTS" in cell.source:
-            block = cell.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0]
-            lines += [line.strip() for line in block.splitlines() if len(line.strip()) > 20]
+    lines = block_lines(paths, ASSIGNMENT, "HIDDEN TESTS", 20)
     assert lines, f"{ASSIGNMENT} should have hidden tests"
     return lines
 

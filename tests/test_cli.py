@@ -123,6 +123,21 @@ def test_check_fails_an_unanswered_exercise_and_passes_the_reference(tmp_path):
     assert " 0 failed" in good.stdout
 
 
+def test_an_unactivated_virtual_environment_still_releases(tmp_path):
+    """`venv/bin/python -m autograder` without `activate`: nbgrader's gradebook calls the
+    `alembic` command by name, which must still be found beside this interpreter."""
+    import os
+    import shutil
+    root = tmp_path / "repo"
+    for folder in ("solutions/ex01_pipeline", "course", "autograder"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "nbgrader_config.py", root / "nbgrader_config.py")
+    env = {**os.environ, "CICD_CLASS_DIR": str(tmp_path / "class"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    out = run("release", "ex01_pipeline", cwd=root, env=env)
+    assert out.returncode == 0, out.stdout[-1000:] + out.stderr[-2000:]
+    assert (tmp_path / "class" / "gradebook.db").is_file()
+
+
 def test_nbgrader_own_command_line_uses_the_course_config(tmp_path):
     """Instructors may also call `nbgrader` directly from the repository root (the root
     nbgrader_config.py loads autograder/nbgrader_config.py)."""

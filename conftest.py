@@ -107,3 +107,33 @@ def pytest_sessionfinish(session, exitstatus):
             "FAILED: the test run wrote into the repository (lessons and exercises may write only to "
             "temporary or git-ignored folders):\n  " + "\n  ".join(added), red=True)
         session.exitstatus = 1
+
+
+# --- spreading the suite over workers ---------------------------------------------------------
+# Each group of tests runs on one worker. A group is a file (so module-scoped set-up, and a
+# lesson's cells sharing one kernel, stay together), except that tests parametrized by an
+# exercise are grouped by that exercise: its one graded fixture class (tests/conftest.py) is
+# then shared by every test that needs it, in any file, while the six exercises spread over the
+# workers. xdist's own `--dist loadgroup` cannot do this on pytest 9.2 (it marks groups by
+# rewriting node ids, which pytest 9.2 no longer reads: pytest-dev/pytest-xdist#1386), so the
+# groups are read from the node ids here, by a scheduler of our own.
+
+import re  # noqa: E402
+
+_EXERCISE_PARAMETER = re.compile(r"\[(ex\d\d_[a-z0-9_]+?)(?:-[^\]]*)?\]$")
+
+
+def suite_group(nodeid: str) -> str:
+    """The group a test runs in: its exercise when it is parametrized by one, else its file."""
+    found = _EXERCISE_PARAMETER.search(nodeid)
+    return found.group(1) if found else nodeid.split("::")[0]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByExerciseOrFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return suite_group(nodeid)
+
+    return ByExerciseOrFile(config, log)

@@ -61,7 +61,9 @@ def fixture_notebook(paths: ClassPaths, assignment: str, case: str):
 
 class GradedFixtures:
     """Grades every fixture submission of an assignment once, as one class, through nbgrader,
-    on every core (`course.grade`'s default): the tests of one assignment share one grading run."""
+    on every core (`course.grade`'s default): the tests of one assignment share one grading run,
+    and with it the student version it generated and the reference results it computed (the
+    root conftest.py keeps an exercise's tests on one worker)."""
 
     def __init__(self, tmp_path_factory):
         self.factory = tmp_path_factory
@@ -70,6 +72,9 @@ class GradedFixtures:
     def __call__(self, assignment):
         if assignment not in self.cache:
             paths = make_course_copy(self.factory.mktemp(assignment))
+            # Generated from nothing, so that a file generation failed to write cannot be
+            # mistaken for the committed copy of it.
+            shutil.rmtree(paths.release / assignment)
             course.generate(paths, assignment)
             for case in samples.cases(assignment):
                 submit_directly(paths, case, assignment, fixture_notebook(paths, assignment, case))

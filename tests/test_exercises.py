@@ -25,15 +25,15 @@ def test_all_six_assignments_exist():
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_regenerating_the_student_version_changes_nothing(assignment, course_copy):
-    course.generate(course_copy, assignment)
-    fresh = sorted(p.relative_to(course_copy.release / assignment)
-                   for p in (course_copy.release / assignment).rglob("*") if p.is_file())
+def test_regenerating_the_student_version_changes_nothing(assignment, graded_fixtures):
+    paths, _ = graded_fixtures(assignment)  # generated afresh into an empty folder, then graded
+    fresh = sorted(p.relative_to(paths.release / assignment)
+                   for p in (paths.release / assignment).rglob("*") if p.is_file())
     committed = sorted(p.relative_to(REPO / "course" / assignment)
                        for p in (REPO / "course" / assignment).rglob("*") if p.is_file())
     assert fresh == committed
     for rel in fresh:
-        assert (course_copy.release / assignment / rel).read_bytes() == \
+        assert (paths.release / assignment / rel).read_bytes() == \
             (REPO / "course" / assignment / rel).read_bytes(), \
             f"course/{assignment}/{rel} is stale: run `python -m autograder release {assignment}`"
 
@@ -82,8 +82,12 @@ def _guessable(value) -> bool:
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_reference_solution_passes_all_its_tests(assignment):
-    result = reference.compute(REPO / "solutions" / assignment / f"{assignment}.ipynb")
+def test_reference_solution_passes_all_its_tests(assignment, graded_fixtures):
+    paths, _ = graded_fixtures(assignment)  # grading ran the reference solution (reference.compute)
+    source = paths.source / assignment / f"{assignment}.ipynb"
+    result = json.loads((paths.reference / assignment / f"{assignment}.json").read_text())
+    assert result["source_sha256"] == reference.sha256_of(REPO / "solutions" / assignment / f"{assignment}.ipynb")
+    assert result["source_sha256"] == reference.sha256_of(source)
     assert all(result["cells"].values())
     forgeable = [gid for gid, reported in result["cells"].items()
                  if all(_guessable(r.get("value")) for r in reported)]

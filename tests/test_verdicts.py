@@ -151,10 +151,10 @@ def test_lint_cli_exit_status_and_lines(tmp_path):
 
 
 @pytest.mark.parametrize("assignment", course.assignments(ClassPaths.resolve(repo=REPO)))
-def test_every_exercise_passes_lint(assignment, tmp_path):
-    """Every test cell of the six exercises fails the blank release and every forged stub.
-    (Needs the exercises' answer-derived reports: until they are merged, this fails by design.)"""
-    paths = ClassPaths(REPO, tmp_path / "class", tmp_path / "exchange")
+def test_every_exercise_passes_lint(assignment, graded_fixtures):
+    """Every test cell of the six exercises fails the blank release and every forged stub
+    (linted in the class of the exercise's graded fixtures, whose reference results it reuses)."""
+    paths, _ = graded_fixtures(assignment)
     errors = [str(f) for f in lint.lint_assignment(paths, assignment) if f.severity == "error"]
     assert not errors, "\n".join(errors)
 

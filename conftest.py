@@ -129,6 +129,7 @@ def suite_group(nodeid: str) -> str:
     return found.group(1) if found else nodeid.split("::")[0]
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown when it runs with -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-RUNNER = REPO / "course" / "ex06_ci_script" / "script_runner.py"
+RUNNER = REPO / "course" / "pipeline" / "script_runner.py"
 
 SCRIPTS = {
     "passes.py": "import sys\nprint('metrics f1=0.8')\nprint('a note', file=sys.stderr)\n",
@@ -66,3 +66,21 @@ def test_a_script_that_kills_the_helper_is_an_error_and_the_next_run_still_works
     with pytest.raises(ChildProcessError, match="killed while it ran"):
         module.run_script("kills_parent.py", [])
     assert module.run_script("exits_1.py", [])[0] == 1
+
+
+def test_env_replaces_what_the_script_reads_and_threads_take_turns(runner, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    module, folder = runner
+    monkeypatch.chdir(folder)
+    (folder / "prints_env.py").write_text("import os, sys\nprint(os.environ.get('COLUMNS'), sys.argv[1])\n")
+    env = {"COLUMNS": "77", "PATH": "/usr/bin:/bin"}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outs = list(pool.map(lambda i: module.run_script("prints_env.py", [i], env=env), range(8)))
+    assert outs == [(0, f"77 {i}\n", "") for i in range(8)]
+    assert module.run_script("prints_env.py", ["x"])[1] == f"{__import__('os').environ.get('COLUMNS')} x\n"
+
+
+def test_exercise_06_ships_the_same_runner():
+    for copy in (REPO / "solutions" / "ex06_ci_script" / "script_runner.py",
+                 REPO / "course" / "ex06_ci_script" / "script_runner.py"):
+        assert copy.read_bytes() == RUNNER.read_bytes(), f"{copy} differs from {RUNNER}: copy it over"

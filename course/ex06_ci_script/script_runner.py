@@ -1,10 +1,10 @@
 """Run a Python script the way `python SCRIPT ARG...` runs it in a CI job, but without paying for
 its imports every time.
 
-The tests of this exercise run your ci_model.py about fifteen times. Most of each run would go to
-importing pandas and scikit-learn (about 1 s), so each run is instead a fresh process forked from
-a helper process that has imported them once. Apart from that head start, a run behaves as
-`python SCRIPT ARG...` does: its own process and working folder, `__name__ == "__main__"`,
+Exercise 06's tests, lesson 05 and this repository's own tests run ci_model.py dozens of times.
+Most of each run would go to importing pandas and scikit-learn (about 1 s), so each run is
+instead a fresh process forked from a helper process that has imported them once. Apart from
+that head start, a run behaves as `python SCRIPT ARG...` does: its own process and working folder, `__name__ == "__main__"`,
 `sys.argv`, the exit code (`sys.exit(n)`; an uncaught exception prints its traceback to stderr
 and gives 1; a signal gives minus its number), and stdout and stderr captured separately.
 Where forking is not safe (not Linux), or the helper cannot start, it falls back to a plain
@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 PRELOADED = ("numpy", "pandas", "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection")
 
@@ -55,6 +56,8 @@ def run_child(request, out, err):
         os.dup2(err.fileno(), 2)
         answers.close()
         os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
@@ -123,10 +126,11 @@ for line in sys.stdin:
 '''
 
 _helper: subprocess.Popen | None = None
+_one_run_at_a_time = threading.Lock()  # one helper answers one request at a time
 
 
-def _plain_run(command: list[str], timeout: float) -> tuple[int, str, str]:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+def _plain_run(command: list[str], timeout: float, env, cwd) -> tuple[int, str, str]:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     return result.returncode, result.stdout, result.stderr
 
 
@@ -139,20 +143,30 @@ def _started_helper() -> subprocess.Popen:
     return _helper
 
 
-def run_script(script: str, args: list[str], timeout: float = 60) -> tuple[int, str, str]:
-    """Run `python script *args` in the current folder; return (exit code, stdout, stderr).
+def run_script(script: str, args: list[str], timeout: float = 60, env: dict | None = None,
+               cwd: str | os.PathLike | None = None) -> tuple[int, str, str]:
+    """Run `python script *args` in `cwd` (default: the current folder); return (exit code, stdout, stderr).
+    `env` replaces the environment the script reads (os.environ), not what Python itself reads
+    when it starts (PYTHONPATH and the like: for those, use a plain subprocess).
     Raises subprocess.TimeoutExpired when the script runs longer than `timeout` seconds."""
-    global _helper
     args = [str(a) for a in args]
     command = [sys.executable, script, *args]
     if not sys.platform.startswith("linux"):
-        return _plain_run(command, timeout)
+        return _plain_run(command, timeout, env, cwd)
+    with _one_run_at_a_time:
+        return _forked_run(script, args, command, timeout, env, cwd)
+
+
+def _forked_run(script, args, command, timeout, env, cwd):
+    global _helper
     try:
         helper = _started_helper()
     except OSError:
-        return _plain_run(command, timeout)
+        return _plain_run(command, timeout, env, cwd)
     try:
-        helper.stdin.write(json.dumps({"script": script, "args": args, "cwd": os.getcwd(), "timeout": timeout}) + "\n")
+        request = {"script": script, "args": args, "cwd": os.path.abspath(cwd or os.getcwd()), "timeout": timeout,
+                   "env": dict(os.environ if env is None else env)}  # as subprocess would, at call time
+        helper.stdin.write(json.dumps(request) + "\n")
         helper.stdin.flush()
         line = helper.stdout.readline()
         if not line:

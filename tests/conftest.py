@@ -1,4 +1,5 @@
 """Shared fixtures: a throwaway copy of the course with a class folder, and graded fixture classes."""
+import atexit
 import os
 import pwd
 import re
@@ -7,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,26 @@ def make_course_copy(root: Path) -> ClassPaths:
     """A copy of solutions/ and course/ with its own class folder and exchange."""
     for folder in ("solutions", "course"):
         shutil.copytree(REPO / folder, root / "repo" / folder)
+    return ClassPaths(root / "repo", root / "class", root / "exchange")
+
+
+_GENERATED_TEMPLATES: dict[str, Path] = {}  # assignment -> a generated class, once per worker process
+
+
+def generated_course_copy(root: Path, assignment: str) -> ClassPaths:
+    """make_course_copy, then `course.generate` and the reference results of one assignment, as
+    set-up for tests that grade: copied from a template this worker made once (generating and
+    running the reference solution take seconds; copying them takes milliseconds). Tests of
+    generation itself call course.generate on a make_course_copy instead."""
+    template = _GENERATED_TEMPLATES.get(assignment)
+    if template is None:
+        template = Path(tempfile.mkdtemp(prefix=f"cicd-template-{assignment}-"))
+        atexit.register(shutil.rmtree, template, True)
+        paths = make_course_copy(template)
+        course.generate(paths, assignment)
+        course.prepare_reference(paths, assignment)
+        _GENERATED_TEMPLATES[assignment] = template
+    shutil.copytree(template, root, symlinks=True, dirs_exist_ok=True)
     return ClassPaths(root / "repo", root / "class", root / "exchange")
 
 

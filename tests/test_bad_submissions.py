@@ -1,12 +1,11 @@
 """Every bad submission is graded with a reason, and the rest of the class is graded too."""
 import json
-import shutil
 
 import nbformat
 import pytest
 
 from autograder import course
-from conftest import fixture_notebook, make_course_copy, submit_directly
+from conftest import fixture_notebook, submit_directly, generated_course_copy
 
 A = "ex02_data_gate"
 FULL = 10.0
@@ -14,8 +13,7 @@ FULL = 10.0
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    paths = make_course_copy(tmp_path_factory.mktemp("bad"))
-    course.generate(paths, A)
+    paths = generated_course_copy(tmp_path_factory.mktemp("bad"), A)
     correct = fixture_notebook(paths, A, "correct")
     wrong = fixture_notebook(paths, A, "blank")
     text = nbformat.writes(correct)

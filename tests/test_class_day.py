@@ -10,7 +10,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from autograder import course, samples
-from conftest import fixture_notebook, make_course_copy, submit_directly
+from conftest import fixture_notebook, submit_directly, generated_course_copy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,8 +48,7 @@ def test_demo_refuses_to_overwrite_a_folder(tmp_path):
 
 @pytest.fixture
 def small_class(tmp_path):
-    paths = make_course_copy(tmp_path)
-    course.generate(paths, "ex01_pipeline")
+    paths = generated_course_copy(tmp_path, "ex01_pipeline")
     for case in ("correct", "partial"):
         submit_directly(paths, case, "ex01_pipeline", fixture_notebook(paths, "ex01_pipeline", case))
     return paths

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from autograder import course, inbound
-from conftest import block_lines, fixture_notebook, make_course_copy
+from conftest import block_lines, fixture_notebook, make_course_copy, generated_course_copy
 
 ASSIGNMENT = "ex02_data_gate"
 STAMP = "2026-11-30 12:00:00.000000 UTC"
@@ -41,8 +41,7 @@ def solution_lines(paths):
 
 @pytest.fixture(scope="module")
 def exchange_with_links(tmp_path_factory):
-    paths = make_course_copy(tmp_path_factory.mktemp("inbound"))
-    course.generate(paths, ASSIGNMENT)
+    paths = generated_course_copy(tmp_path_factory.mktemp("inbound"), ASSIGNMENT)
     solution = paths.source / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     nbformat.write(fixture_notebook(paths, ASSIGNMENT, "correct"), entry(paths, "ada") / f"{ASSIGNMENT}.ipynb")
     (entry(paths, "mallory") / f"{ASSIGNMENT}.ipynb").symlink_to(solution)  # a link to the solution

@@ -15,7 +15,7 @@ import pytest
 
 from autograder import class_report, course, samples
 from autograder.progress import Progress
-from conftest import fixture_notebook, make_course_copy, submit_directly
+from conftest import fixture_notebook, submit_directly, generated_course_copy
 
 REPO = Path(__file__).resolve().parent.parent
 A = "ex02_data_gate"
@@ -29,8 +29,7 @@ STUDENTS = CASES + ATTACKS
 
 
 def build_class(root: Path) -> "course.ClassPaths":
-    paths = make_course_copy(root)
-    course.generate(paths, A)
+    paths = generated_course_copy(root, A)
     for case in CASES:
         submit_directly(paths, case, A, fixture_notebook(paths, A, case))
     for name in ATTACKS:

@@ -24,7 +24,7 @@ from nbclient import NotebookClient
 from autograder import AutograderError, course, sandbox
 from autograder.config import ClassPaths
 from autograder.sandbox import Limits, Sandbox, SandboxedKernelManager, isolation_status
-from conftest import REPO, fixture_notebook, make_course_copy, skip_or_fail, submit_directly
+from conftest import REPO, fixture_notebook, skip_or_fail, submit_directly, generated_course_copy
 
 ASSIGNMENT = "ex02_data_gate"
 FULL = 10.0
@@ -141,8 +141,7 @@ WHERE = {attack: student for student, attacks in SUBMISSIONS.items() for attack 
 
 
 def build_class(root: Path):
-    paths = make_course_copy(root)
-    course.generate(paths, ASSIGNMENT)
+    paths = generated_course_copy(root, ASSIGNMENT)
     correct = fixture_notebook(paths, ASSIGNMENT, "correct")
     for student, attacks in SUBMISSIONS.items():
         nb = nbformat.from_dict(json.loads(nbformat.writes(correct)))

@@ -18,7 +18,7 @@ from traitlets.config import Config
 
 from autograder import course, lint, samples
 from autograder.sandbox import isolation_status
-from conftest import block_lines, fixture_notebook, make_course_copy, skip_or_fail, submit_directly
+from conftest import block_lines, fixture_notebook, skip_or_fail, submit_directly, generated_course_copy
 
 ASSIGNMENT = "ex02_data_gate"
 ATTACKS_DIR = Path(__file__).parent / "fixtures" / "attacks"
@@ -40,8 +40,7 @@ def attack_notebook(paths, name):
 def classroom(tmp_path_factory):
     """One class: a victim with a correct answer, and one student per attack."""
     os.environ["CICD_CELL_TIMEOUT"] = "15"  # the infinite loop costs this once, not per cell; 10 s flaked under load
-    paths = make_course_copy(tmp_path_factory.mktemp("trust"))
-    course.generate(paths, ASSIGNMENT)
+    paths = generated_course_copy(tmp_path_factory.mktemp("trust"), ASSIGNMENT)
     submit_directly(paths, VICTIM, ASSIGNMENT, fixture_notebook(paths, ASSIGNMENT, "correct"))
     for name in ATTACKS:
         submit_directly(paths, name, ASSIGNMENT, attack_notebook(paths, name))

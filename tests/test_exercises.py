@@ -65,6 +65,36 @@ def test_every_grade_cell_is_described_and_reports(assignment):
         assert "report(" in text, f"{gid} reports nothing, so a wrong answer could pass it"
 
 
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_no_grade_cell_mixes_visible_and_hidden_checks(assignment):
+    """A hidden edge case must not cost the points of visible behaviour a learner already got
+    right: a grade cell is either all visible or, past its docstring, all hidden."""
+    source = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    mixed = []
+    for cell in source["cells"]:
+        if not reports.is_grade_cell(cell) or "### BEGIN HIDDEN TESTS" not in "".join(cell["source"]):
+            continue
+        before = "".join(cell["source"]).split("### BEGIN HIDDEN TESTS")[0]
+        if re.sub(r'^\s*"""[^\n]*"""\s*', "", before).strip():
+            mixed.append(cell["metadata"]["nbgrader"]["grade_id"])
+    assert not mixed, f"{mixed} run visible checks before hidden ones: split each into two grade cells"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_hidden_cell_catches_a_plausible_wrong_answer(assignment):
+    """For each hidden test, a fixture that is neither blank nor forged loses its points there."""
+    source = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    hidden = [c["metadata"]["nbgrader"]["grade_id"] for c in source["cells"]
+              if reports.is_grade_cell(c) and "### BEGIN HIDDEN TESTS" in "".join(c["source"])]
+    caught = set()
+    for case in samples.cases(assignment):
+        if case not in ("blank", "partial", "forged_stub", "forged_blank"):
+            caught.update(samples.load(assignment, case).expected_failed)
+    assert hidden, "every exercise has hidden tests"
+    uncaught = sorted(set(hidden) - caught)
+    assert not uncaught, f"no wrong-answer fixture in tests/fixtures/submissions/{assignment}/ fails {uncaught}"
+
+
 def _guessable(value) -> bool:
     """A value a forger could produce without the answer: booleans, None, 0, 1, 2, "", and
     containers of nothing else (issue 10: no verdict without the answer)."""

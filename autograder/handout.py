@@ -32,9 +32,14 @@ LEARNER_README = """\
 Open `course/00_start_here.ipynb` and work through the lessons in order. Exercises arrive
 through JupyterLab's menu *Nbgrader > Assignment List*: fetch one, solve it, check it, submit it.
 
-Check an exercise before you submit it (from this folder, in a terminal):
+Check an exercise before you submit it, from this folder, in a terminal. For the copy the
+Assignment List fetched (it lands in a folder named after the exercise, here):
 
     python -m autograder check ex02_data_gate/ex02_data_gate.ipynb
+
+For the copy that ships in `course/` (self-study, without an instructor):
+
+    python -m autograder check course/ex02_data_gate/ex02_data_gate.ipynb
 
 It runs the visible tests. Hidden tests run when your instructor grades; your feedback
 appears in the Assignment List after grading.

@@ -20,7 +20,7 @@ def defend(c) -> None:
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds,
                                         LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
 
-    from . import feedback
+    from . import course, feedback  # noqa: F401  (course: nbgrader's gradebook without an alembic subprocess)
     from .preprocessors import CapOutputs, DecideVerdicts, GuardedExecute, RebuildSubmission
 
     c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, RebuildSubmission,

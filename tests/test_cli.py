@@ -124,8 +124,8 @@ def test_check_fails_an_unanswered_exercise_and_passes_the_reference(tmp_path):
 
 
 def test_an_unactivated_virtual_environment_still_releases(tmp_path):
-    """`venv/bin/python -m autograder` without `activate`: nbgrader's gradebook calls the
-    `alembic` command by name, which must still be found beside this interpreter."""
+    """`venv/bin/python -m autograder` without `activate`: nbgrader's gradebook would run the
+    `alembic` command by name, found only on PATH; ours reads the schema's revision in-process."""
     import os
     import shutil
     root = tmp_path / "repo"

@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from autograder import course
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,8 +25,11 @@ def _hidden_lines():
             yield from (line.strip() for line in block.splitlines() if len(line.strip()) > 25)
 
 
-def test_feedback_opens_with_a_summary_and_never_calls_a_pending_answer_zero(graded_fixtures):
-    paths, _ = graded_fixtures(ASSIGNMENT)
+# Parametrized by the exercise so that these tests run on the worker that grades its fixture
+# class (the root conftest.py groups tests by exercise) and reuse that class.
+@pytest.mark.parametrize("assignment", [ASSIGNMENT])
+def test_feedback_opens_with_a_summary_and_never_calls_a_pending_answer_zero(assignment, graded_fixtures):
+    paths, _ = graded_fixtures(assignment)
     _, notes = course.feedback(paths, ASSIGNMENT, "partial")
     page = (paths.feedback / "partial" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
     text = _text(page[page.index('id="summary"'):page.index('id="notebook"')])
@@ -47,9 +52,10 @@ def test_feedback_opens_with_a_summary_and_never_calls_a_pending_answer_zero(gra
     assert any(note.startswith("WARNING: correct's feedback") and "manual grades pending" in note for note in notes), notes
 
 
-def test_the_command_line_warns_about_pending_manual_grades(graded_fixtures, capsys):
+@pytest.mark.parametrize("assignment", [ASSIGNMENT])
+def test_the_command_line_warns_about_pending_manual_grades(assignment, graded_fixtures, capsys):
     from autograder import cli
-    paths, _ = graded_fixtures(ASSIGNMENT)
+    paths, _ = graded_fixtures(assignment)
     code = cli.main(["feedback", ASSIGNMENT, "--student", "correct", "--class-dir", str(paths.class_dir),
                      "--exchange", str(paths.exchange)])
     err = capsys.readouterr().err

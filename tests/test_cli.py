@@ -15,6 +15,17 @@ def run(*args, cwd=REPO, env=None):
                           text=True, timeout=300, env=env)
 
 
+def run_here(capsys, monkeypatch, *args):
+    """The same command in this process, from the repository root: main's exit code and output.
+    (A subprocess per test would import nbgrader again each time; the tests above and below that
+    need a real process, for `python -m autograder` itself or for kernels, still start one.)"""
+    from autograder import cli
+    monkeypatch.chdir(REPO)
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+
 def test_help_lists_the_day_in_order():
     out = run("--help")
     assert out.returncode == 0
@@ -34,52 +45,52 @@ def test_no_verb_prints_help_and_fails():
     assert out.returncode == 2 and "release" in out.stdout
 
 
-def test_unknown_assignment_is_named_with_the_known_ones(tmp_path):
-    out = run("grade", "ex99_nothing", "--class-dir", str(tmp_path / "class"))
+def test_unknown_assignment_is_named_with_the_known_ones(tmp_path, capsys, monkeypatch):
+    out = run_here(capsys, monkeypatch, "grade", "ex99_nothing", "--class-dir", str(tmp_path / "class"))
     assert out.returncode == 2
     assert "unknown assignment 'ex99_nothing'" in out.stderr and "ex02_data_gate" in out.stderr
 
 
-def test_grading_before_collecting_says_what_to_run(tmp_path):
-    out = run("grade", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
+def test_grading_before_collecting_says_what_to_run(tmp_path, capsys, monkeypatch):
+    out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
     assert out.returncode == 2
     assert "collect ex02_data_gate" in out.stderr
 
 
-def test_feedback_before_grading_says_what_to_run(tmp_path):
-    out = run("feedback", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
+def test_feedback_before_grading_says_what_to_run(tmp_path, capsys, monkeypatch):
+    out = run_here(capsys, monkeypatch, "feedback", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
     assert out.returncode == 2 and "grade ex02_data_gate" in out.stderr
 
 
-def test_export_without_a_gradebook_is_explained(tmp_path):
-    out = run("export", "--class-dir", str(tmp_path / "class"), "--to", str(tmp_path / "g.csv"))
+def test_export_without_a_gradebook_is_explained(tmp_path, capsys, monkeypatch):
+    out = run_here(capsys, monkeypatch, "export", "--class-dir", str(tmp_path / "class"), "--to", str(tmp_path / "g.csv"))
     assert out.returncode == 2 and "no gradebook" in out.stderr
     assert not (tmp_path / "g.csv").exists()
 
 
-def test_unwritable_class_folder_is_explained(tmp_path):
+def test_unwritable_class_folder_is_explained(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    out = run("collect", "ex02_data_gate", "--class-dir", str(blocker / "class"))
+    out = run_here(capsys, monkeypatch, "collect", "ex02_data_gate", "--class-dir", str(blocker / "class"))
     assert out.returncode == 2 and "class folder" in out.stderr and "not writable" in out.stderr
 
 
-def test_unwritable_exchange_is_explained(tmp_path):
+def test_unwritable_exchange_is_explained(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    out = run("collect", "ex02_data_gate", "--class-dir", str(tmp_path / "class"),
+    out = run_here(capsys, monkeypatch, "collect", "ex02_data_gate", "--class-dir", str(tmp_path / "class"),
               "--exchange", str(blocker / "exchange"))
     assert out.returncode == 2 and "exchange" in out.stderr and "not writable" in out.stderr
 
 
-def test_unknown_student_is_explained(tmp_path):
+def test_unknown_student_is_explained(tmp_path, capsys, monkeypatch):
     from conftest import submit_directly
     from autograder.config import ClassPaths
     import nbformat
     paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
     nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
     submit_directly(paths, "ada", "ex02_data_gate", nb)
-    out = run("grade", "ex02_data_gate", "--student", "bob", "--class-dir", str(tmp_path / "class"))
+    out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--student", "bob", "--class-dir", str(tmp_path / "class"))
     assert out.returncode == 2 and "'bob'" in out.stderr and "ada" in out.stderr
 
 
@@ -95,15 +106,15 @@ def test_broken_or_missing_config_is_explained(tmp_path, monkeypatch):
         config.load_course_config(paths)
 
 
-def test_check_of_a_missing_notebook_is_explained():
-    out = run("check", "course/nope/nope.ipynb")
+def test_check_of_a_missing_notebook_is_explained(capsys, monkeypatch):
+    out = run_here(capsys, monkeypatch, "check", "course/nope/nope.ipynb")
     assert out.returncode == 2 and "does not exist" in out.stderr
 
 
-def test_check_of_a_broken_notebook_is_explained(tmp_path):
+def test_check_of_a_broken_notebook_is_explained(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "ex02_data_gate.ipynb"
     bad.write_text('{"cells": [')
-    out = run("check", str(bad))
+    out = run_here(capsys, monkeypatch, "check", str(bad))
     assert out.returncode == 2 and "not valid notebook JSON" in out.stderr
 
 

@@ -23,6 +23,12 @@ SCRIPTS = {
     "sees_itself.py": ("import os, sys\nprint(sys.argv, __name__, __file__ == os.path.abspath('sees_itself.py'), "
                        "sys.path[0] == os.getcwd(), os.getcwd() == os.path.dirname(__file__))\n"),
     "reads_stdin.py": "import sys\nprint(repr(sys.stdin.read()))\n",
+    # python waits for a script's threads before it exits, and only then runs atexit functions
+    "waits_for_its_thread.py": ("import atexit, os, threading, time\natexit.register(lambda: print('atexit'))\n"
+                                "threading.Timer(0.5, lambda: (print('thread done', flush=True), os._exit(3))).start()\n"
+                                "print('main done')\n"),
+    "interrupted.py": "raise KeyboardInterrupt\n",
+    "exits_huge.py": "raise SystemExit(2**64 + 2)\n",
 }
 
 

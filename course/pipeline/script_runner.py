@@ -24,7 +24,7 @@ PRELOADED = ("numpy", "pandas", "sklearn.linear_model", "sklearn.metrics", "skle
 # one JSON line. Its only other threads are BLAS's idle workers, which BLAS itself stops and
 # restarts around a fork, so forking it is safe.
 HELPER = r'''
-import atexit, builtins, importlib, json, os, sys, tempfile, time, traceback, types, warnings
+import atexit, builtins, importlib, json, os, signal, sys, tempfile, threading, time, traceback, types, warnings
 
 script_filters = list(warnings.filters)
 # Python 3.12+ warns when a process with threads forks; BLAS starts threads on import, and the
@@ -35,6 +35,11 @@ for name in sys.argv[1:]:
         importlib.import_module(name)
     except Exception:  # a module that cannot be imported is imported (and fails) in the script instead
         pass
+try:  # no other process of this user may open this helper's pipes or memory through /proc
+    import ctypes
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+except (OSError, AttributeError):
+    pass
 answers = os.fdopen(os.dup(1), "w")
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 
@@ -43,7 +48,7 @@ def exit_code(code):
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xFF
+        return (code if -2**63 <= code < 2**63 else -1) & 0xFF  # python's C long, -1 on overflow
     print(code, file=sys.stderr)
     return 1
 
@@ -89,11 +94,19 @@ def run_child(request, out, err):
             while tb is not None and tb.tb_frame.f_code.co_filename != path:
                 tb = tb.tb_next
             traceback.print_exception(type(error), error, tb)
-            code = 1
+            code = -2 if isinstance(error, KeyboardInterrupt) else 1
+        # What python does at exit: wait for the threads the script started (a script whose
+        # thread never ends never ends either), then run its atexit functions.
+        threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if code == -2:  # an uncaught KeyboardInterrupt: python dies of SIGINT, as here
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
 
 

@@ -7,6 +7,7 @@ records them afresh from a real run; a tagged cell with no recorded output fails
 """
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -117,8 +118,6 @@ def pytest_sessionfinish(session, exitstatus):
 # workers. xdist's own `--dist loadgroup` cannot do this on pytest 9.2 (it marks groups by
 # rewriting node ids, which pytest 9.2 no longer reads: pytest-dev/pytest-xdist#1386), so the
 # groups are read from the node ids here, by a scheduler of our own.
-
-import re  # noqa: E402
 
 _EXERCISE_PARAMETER = re.compile(r"\[(ex\d\d_[a-z0-9_]+?)(?:-[^\]]*)?\]$")
 

@@ -23,11 +23,15 @@ from autograder.sandbox import python_roots  # noqa: E402
 from autograder.config import ClassPaths  # noqa: E402
 
 
+def _course_copy_paths(root: Path) -> ClassPaths:
+    return ClassPaths(root / "repo", root / "class", root / "exchange")
+
+
 def make_course_copy(root: Path) -> ClassPaths:
     """A copy of solutions/ and course/ with its own class folder and exchange."""
     for folder in ("solutions", "course"):
         shutil.copytree(REPO / folder, root / "repo" / folder)
-    return ClassPaths(root / "repo", root / "class", root / "exchange")
+    return _course_copy_paths(root)
 
 
 _GENERATED_TEMPLATES: dict[str, Path] = {}  # assignment -> a generated class, once per worker process
@@ -47,7 +51,7 @@ def generated_course_copy(root: Path, assignment: str) -> ClassPaths:
         course.prepare_reference(paths, assignment)
         _GENERATED_TEMPLATES[assignment] = template
     shutil.copytree(template, root, symlinks=True, dirs_exist_ok=True)
-    return ClassPaths(root / "repo", root / "class", root / "exchange")
+    return _course_copy_paths(root)
 
 
 def submit_directly(paths: ClassPaths, student: str, assignment: str, nb) -> Path:

@@ -75,7 +75,6 @@ def run_child(request, out, err):
                 source = file.read()
         except OSError as error:  # python's own words and exit code for a script it cannot open
             print(f"{sys.executable}: can't open file {path!r}: [Errno {error.errno}] {error.strerror}", file=sys.stderr)
-            sys.stderr.flush()
             code = 2
             return
         # What python does with a script: compile it under its absolute path, run it as __main__.
@@ -99,9 +98,7 @@ def run_child(request, out, err):
         # thread never ends never ends either), then run its atexit functions.
         threading._shutdown()
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
+    finally:  # os._exit flushes nothing
         sys.stdout.flush()
         sys.stderr.flush()
         if code == -2:  # an uncaught KeyboardInterrupt: python dies of SIGINT, as here

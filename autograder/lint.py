@@ -6,6 +6,12 @@ reports. So `release` (and `python -m autograder lint ASSIGNMENT`) runs negative
 the reference results and refuses any test cell that one of them passes:
 
 - the blank release: every answer cell as learners receive it (`raise NotImplementedError()`);
+- hidden tests that give their expected values away: the kernel that runs a hidden test reads its
+  code (an IPython input transformer sees every cell), so an `assert got == [...]` there tells
+  it the value to produce, and an input transformer that turns each assert into the assignment it
+  demands passes a blank answer. In a report() cell, code between the hidden-test markers may not
+  assert, nor bind a name that nothing reads (a table's `expected` column kept for asserts):
+  hidden tests compute and report, and the grader compares outside the kernel. A static check;
 - a stub answer, attacked: every function of the solution returns None, every statement of every
   cell runs on its own (an attacker who knows the source can make later statements run after a
   failed assert, e.g. with an IPython transformer that wraps each one in try/except), and each
@@ -24,6 +30,7 @@ import ast
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +112,81 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.notebook}: {self.grade_id}: {self.message}"
+
+
+# --- what a hidden test's code gives away ----------------------------------------------------
+
+_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)^[ \t]*### END HIDDEN TESTS", re.S | re.M)
+
+
+def hidden_lines(source: str) -> set[int]:
+    """The 1-based numbers of a cell's lines inside its hidden-test blocks."""
+    lines = set()
+    for block in _HIDDEN_BLOCK.finditer(source):
+        first = source.count("\n", 0, block.start(1)) + 1
+        lines.update(range(first, first + block.group(1).count("\n")))
+    return lines
+
+
+def names_read(source: str) -> set[str]:
+    """Every name a piece of code reads (empty when it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store)}
+
+
+def hidden_giveaways(source: str, read_elsewhere: frozenset[str] = frozenset()) -> list[str]:
+    """What the hidden-test code of a cell tells the kernel that runs it about the values it
+    expects: each assert, and each name bound there that nothing reads (neither the cell nor
+    `read_elsewhere`, the names the notebook's other cells read)."""
+    hidden = hidden_lines(source)
+    if not hidden:
+        return []
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert) and node.lineno in hidden:
+            text = ast.unparse(node.test)
+            found.append(f"line {node.lineno} asserts `{text[:60]}{'…' if len(text) > 60 else ''}`")
+    read = names_read(source) | read_elsewhere
+    bound = {}
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) not in hidden:
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.setdefault(node.id, node.lineno)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.setdefault(node.name, node.lineno)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.setdefault(node.name, node.lineno)
+    for name, line in sorted(bound.items(), key=lambda item: item[1]):
+        if name not in read and not name.startswith("_"):
+            found.append(f"line {line} binds `{name}`, which nothing reads")
+    return found
+
+
+def giveaway_findings(source_nb, name: str) -> list[Finding]:
+    """An error for every report() cell whose hidden-test code gives expected values away."""
+    code = [cell for cell in source_nb.cells if cell.cell_type == "code"]
+    findings = []
+    for cell in code:
+        if not reports.is_grade_cell(cell) or not reports.calls_report(cell.source):
+            continue
+        others = frozenset().union(*(names_read(other.source) for other in code if other is not cell))
+        found = hidden_giveaways(cell.source, others)
+        if found:
+            findings.append(Finding(name, reports.grade_id(cell), "error",
+                                    "its hidden tests give their expected values away to the student's kernel, "
+                                    f"which reads every line it runs: {'; '.join(found)}. An input transformer turns "
+                                    "such asserts into the assignments they demand and passes a blank answer. Hidden "
+                                    "tests compute and report, with no assert and no expected value; the grader "
+                                    f"compares the reports with the reference's, outside the kernel (see {DOCS})"))
+    return findings
 
 
 # --- the controls' notebooks -------------------------------------------------------------------
@@ -227,6 +309,7 @@ def lint_notebook(source_path: Path, reference_result: dict) -> list[Finding]:
     stock = set(reference_result.get("stock_cells", []))
     findings = [Finding(name, w.split(" ", 1)[0], "warning", w.split(" ", 1)[1])
                 for w in reference_result.get("warnings", [])]
+    findings += giveaway_findings(source_nb, name)
     blank = {reports.grade_id(c): c for c in reference.execute_in_copy(source_path, nb=blank_release(source_nb)).cells
              if reports.is_grade_cell(c)}
     attacked = {reports.grade_id(c): c for c in reference.execute_in_copy(source_path, nb=attacked_stub(source_nb)).cells

@@ -3,14 +3,17 @@
 A sample (tests/fixtures/submissions/<assignment>/<case>.json) lists the source of the answer
 cells; every other cell stays as released. "answers": "reference" takes the instructor's
 solution for every answer cell, and within an answer the text <<reference>> stands for the
-instructor's solution of that cell. Optional keys tamper with the file the way a learner
-might: "delete_cells" (cell ids), "edit_cells" ({cell id: new source}), "strip_metadata"
-(true), "move_to_end" (cell ids), and "file_bytes" (the whole file, as text, for broken files).
+instructor's solution of that cell, and <<snippet:NAME>> for the code in
+tests/fixtures/snippets/NAME (an attack that several exercises' fixtures share). Optional keys
+tamper with the file the way a learner might: "delete_cells" (cell ids), "edit_cells" ({cell id:
+new source}), "strip_metadata" (true), "move_to_end" (cell ids), and "file_bytes" (the whole
+file, as text, for broken files).
 The same corpus drives the test suite and `demo`.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import nbformat
 from .config import REPO
 
 SAMPLES = REPO / "tests" / "fixtures" / "submissions"
+SNIPPETS = REPO / "tests" / "fixtures" / "snippets"
+_SNIPPET = re.compile(r"<<snippet:([\w.-]+)>>")
 
 
 @dataclass
@@ -66,6 +71,11 @@ def fill(released_nb, answers: dict[str, str]):
     return nb
 
 
+def with_snippets(text: str) -> str:
+    """`text` with each <<snippet:NAME>> replaced by the code in tests/fixtures/snippets/NAME."""
+    return _SNIPPET.sub(lambda found: (SNIPPETS / found.group(1)).read_text(), text)
+
+
 def build(sample: Sample, released: Path, source: Path):
     """The submitted notebook (a NotebookNode), or its raw text for a deliberately broken file."""
     if "file_bytes" in sample.data:
@@ -73,7 +83,8 @@ def build(sample: Sample, released: Path, source: Path):
     released_nb = nbformat.read(released, as_version=4)
     reference = solution_sources(nbformat.read(source, as_version=4))
     answers = reference if sample.answers == "reference" else \
-        {cid: text.replace("<<reference>>", reference.get(cid, "")) for cid, text in sample.answers.items()}
+        {cid: with_snippets(text.replace("<<reference>>", reference.get(cid, "")))
+         for cid, text in sample.answers.items()}
     nb = fill(released_nb, answers)
     for cell in nb.cells:
         if cell.id in sample.data.get("edit_cells", {}):

@@ -18,6 +18,8 @@ ASSIGNMENTS = course.assignments(PATHS)
 EXPECTED = ["ex01_pipeline", "ex02_data_gate", "ex03_model_gate", "ex04_metadata", "ex05_registry",
             "ex06_ci_script"]
 CASES = [(a, c) for a in ASSIGNMENTS for c in samples.cases(a)]
+# Worthless answers behind an attack on the grader: every exercise has each of them.
+FORGERIES = ("forged_stub", "forged_blank", "inverts_asserts")
 
 
 def test_all_six_assignments_exist():
@@ -88,7 +90,7 @@ def test_every_hidden_cell_catches_a_plausible_wrong_answer(assignment):
               if reports.is_grade_cell(c) and "### BEGIN HIDDEN TESTS" in "".join(c["source"])]
     caught = set()
     for case in samples.cases(assignment):
-        if case not in ("blank", "partial", "forged_stub", "forged_blank"):
+        if case not in ("blank", "partial") + FORGERIES:
             caught.update(samples.load(assignment, case).expected_failed)
     assert hidden, "every exercise has hidden tests"
     uncaught = sorted(set(hidden) - caught)
@@ -140,10 +142,10 @@ def test_fixture_submission_gets_its_expected_points(assignment, case, graded_fi
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_fixture_corpus_covers_right_blank_partial_and_wrong(assignment, graded_fixtures):
     cases = samples.cases(assignment)
-    assert {"correct", "blank", "partial", "forged_stub", "forged_blank"} <= set(cases)
+    assert {"correct", "blank", "partial", *FORGERIES} <= set(cases)
     # correct and correct_* are right answers written in different styles: each must get full marks.
     right = [c for c in cases if c == "correct" or c.startswith("correct_")]
-    wrong = [c for c in cases if c not in right and c not in ("blank", "partial", "forged_stub", "forged_blank")]
+    wrong = [c for c in cases if c not in right and c not in ("blank", "partial") + FORGERIES]
     assert len(wrong) >= 3, "at least three plausible wrong answers per assignment"
     paths, results = graded_fixtures(assignment)
     assert results["correct"].score > 0 and results["blank"].score == 0
@@ -154,3 +156,16 @@ def test_fixture_corpus_covers_right_blank_partial_and_wrong(assignment, graded_
             f"{case} is a right answer and should get full marks, like correct")
     for case in wrong + ["partial"]:
         assert results[case].score < results["correct"].score, f"{case} should lose points"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_no_hidden_test_gives_the_assert_inverter_a_point(assignment, graded_fixtures):
+    """The measured attack on hidden tests: a blank answer behind a transformer that turns each
+    assert of a reporting cell into the values it demands. Visible tests may fall to it (their
+    expected values are in the learner's copy anyway); no hidden test may."""
+    source = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    hidden = {c["metadata"]["nbgrader"]["grade_id"] for c in source["cells"]
+              if reports.is_grade_cell(c) and "### BEGIN HIDDEN TESTS" in "".join(c["source"])}
+    _, results = graded_fixtures(assignment)
+    earned = sorted(c.grade_id for c in results["inverts_asserts"].cells if c.grade_id in hidden and c.points)
+    assert hidden and not earned, f"the assert inverter earned points in hidden tests {earned}"

@@ -63,7 +63,14 @@ TINY_TESTS = {
     "test_all_true_list": '"""add is symmetric."""\nreport("symmetric", [add(1, 2) == add(2, 1), add(0, 5) == 5])',
     # The stub's own value (None) is the expected one.
     "test_none_expected": '"""add of nothing."""\nreport("nothing", None if add(1, 1) == 2 else "wrong")',
+    # Reports only what the answer computes, but its hidden asserts and its unread `expected`
+    # column tell the kernel what to produce (the assert inverter passes it).
+    "test_hidden_asserts": ('"""Hidden: add handles negatives."""\n### BEGIN HIDDEN TESTS\n'
+                            'for a, b, expected in [(-1, -2, -3), (5, -5, 0)]:\n    got = add(a, b)\n'
+                            '    assert got == expected, f"add({a}, {b}) should be {expected}"\n'
+                            '    report(f"add({a}, {b})", got)\n### END HIDDEN TESTS'),
 }
+FORGEABLE = {"test_lone_true", "test_constant", "test_all_true_list", "test_none_expected", "test_hidden_asserts"}
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +82,9 @@ def tiny(tmp_path_factory):
 def test_lint_refuses_each_forgeable_cell_and_keeps_the_good_one(tiny):
     _, findings = tiny
     errors = {f.grade_id: f.message for f in findings if f.severity == "error"}
-    assert set(errors) == {"test_lone_true", "test_constant", "test_all_true_list", "test_none_expected"}, errors
+    assert set(errors) == FORGEABLE, errors
     assert "blank release" in errors["test_constant"]
+    assert "line 4 asserts `got == expected`" in errors["test_hidden_asserts"]
     assert "forced to True" in errors["test_lone_true"]
     assert "forced to True" in errors["test_all_true_list"]
 
@@ -91,8 +99,22 @@ def test_lint_results_are_cached_until_the_source_changes(tiny):
     assert lint.lint_assignment(paths, "tiny") == []  # the cache is used while the source is unchanged
     source = paths.source / "tiny" / "tiny.ipynb"
     source.write_text(source.read_text().replace("add(2.5, 2.5)", "add(3.5, 2.5)"))
-    assert {f.grade_id for f in lint.lint_assignment(paths, "tiny") if f.severity == "error"} == \
-        {"test_lone_true", "test_constant", "test_all_true_list", "test_none_expected"}
+    assert {f.grade_id for f in lint.lint_assignment(paths, "tiny") if f.severity == "error"} == FORGEABLE
+
+
+def test_hidden_giveaways_name_each_assert_and_each_unread_name():
+    cell = ('"""Hidden: cases."""\nfrom math import isclose\n### BEGIN HIDDEN TESTS\n'
+            'for name, args, expected in CASES:\n    got = f(*args)\n    assert isclose(got, expected)\n'
+            '    report(name, got)\ntry:\n    f(-1)\nexcept ValueError as err:\n    report("raises", str(err)[:5])\n'
+            'unused = f(0)\n### END HIDDEN TESTS\nassert True  # outside the hidden block: the learner sees it\n')
+    assert lint.hidden_giveaways(cell) == ["line 6 asserts `isclose(got, expected)`",
+                                           "line 12 binds `unused`, which nothing reads"]
+    # Without its assert, `expected` is read by nothing: the kernel would still see the table.
+    without = cell.replace("    assert isclose(got, expected)\n", "")
+    assert lint.hidden_giveaways(without) == ["line 4 binds `expected`, which nothing reads",
+                                              "line 11 binds `unused`, which nothing reads"]
+    assert lint.hidden_giveaways(without, frozenset({"expected", "unused"})) == []
+    assert lint.hidden_giveaways(cell.replace("### BEGIN HIDDEN TESTS\n", "").replace("### END HIDDEN TESTS\n", "")) == []
 
 
 def with_grader(paths: ClassPaths) -> ClassPaths:

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 import nbformat
-from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
 from . import AutograderError, reports
+from .kernel_command import GradingKernelManager
 
 RUN_TIMEOUT = 120  # seconds per cell of the reference solution
 
@@ -31,7 +31,7 @@ def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None) -> nbfo
         # Unix sockets in the scratch folder, as the sandbox uses: nothing listens on the network.
         ipc = Path(scratch) / "ipc"
         ipc.mkdir(mode=0o700)
-        km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc / "kernel"),
+        km = GradingKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc / "kernel"),
                                 connection_file=str(ipc / "connection.json"))
         client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=True, kernel_name="python3",
                                 resources={"metadata": {"path": str(folder)}})

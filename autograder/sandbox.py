@@ -41,9 +41,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jupyter_client.manager import AsyncKernelManager
-
 from . import AutograderError
+from .kernel_command import GradingKernelManager
 
 NOBODY = 65534
 LEARNER_HOME = "/home/learner"
@@ -698,7 +697,7 @@ class Watchdog(threading.Thread):
 
 # --- the kernel manager ------------------------------------------------------------------------
 
-class SandboxedKernelManager(AsyncKernelManager):
+class SandboxedKernelManager(GradingKernelManager):
     """A kernel manager that starts its kernel inside a Sandbox, in its own cgroup, watched."""
 
     sandbox: Sandbox | None = None

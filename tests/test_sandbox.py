@@ -425,10 +425,13 @@ def test_the_kernel_works_in_a_copy_and_leaves_nothing_behind(tmp_path):
     if isolation_status() != "bubblewrap":
         skip_or_fail(f"the sandbox is unusable here: {isolation_status()}")
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "helper_module.py").write_text("VALUE = 7\n")
     outputs, km = run_in_sandbox(
-        "import os, pandas\nprint(len(pandas.read_csv('data.csv')), os.getcwd())\n"
+        "import os, sys, pandas, helper_module\n"
+        "print(len(pandas.read_csv('data.csv')), os.getcwd(), helper_module.VALUE, sys.modules.get('debugpy'))\n"
         "open('data.csv', 'w').write('gone')\nopen('new.txt', 'w').write('x')", LIMITS, tmp_path)
-    assert outputs == [f"1 /home/learner/{tmp_path.name}\n"], outputs
+    # A module beside the notebook imports (as under ipykernel_launcher); no debugger was loaded.
+    assert outputs == [f"1 /home/learner/{tmp_path.name} 7 None\n"], outputs
     assert (tmp_path / "data.csv").read_text() == "a,b\n1,2\n" and not (tmp_path / "new.txt").exists()
     assert_nothing_left(km)
 

@@ -1,0 +1,29 @@
+"""The kernels the grader starts: ipykernel_launcher's, without the debugger (autograder/kernel_command.py)."""
+import sys
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+from autograder import reference
+from autograder.kernel_command import LAUNCHER, without_debugger
+
+
+def test_only_ipykernel_launcher_is_replaced():
+    spec = [sys.executable, "-m", "ipykernel_launcher", "-f", "/tmp/c.json", "--HistoryManager.hist_file=:memory:"]
+    assert without_debugger(spec) == [sys.executable, "-c", LAUNCHER, "-f", "/tmp/c.json",
+                                      "--HistoryManager.hist_file=:memory:"]
+    other = ["R", "--slave", "-e", "IRkernel::main()", "--args", "/tmp/c.json"]
+    assert without_debugger(other) == other
+    assert without_debugger([sys.executable, "-m", "other_launcher", "-f", "x"])[1:3] == ["-m", "other_launcher"]
+
+
+def test_a_reference_kernel_runs_without_the_debugger_and_imports_from_its_folder(tmp_path):
+    folder = tmp_path / "exercise"
+    folder.mkdir()
+    (folder / "helper_module.py").write_text("VALUE = 42\n")
+    cell = ("import os, sys, helper_module\n"
+            "try:\n    import debugpy\n    found = 'importable'\nexcept ImportError:\n    found = 'missing'\n"
+            "print(helper_module.VALUE, found, os.path.basename(os.getcwd()), sys.argv[1:2])")
+    nbformat.write(new_notebook(cells=[new_code_cell(cell)]), folder / "exercise.ipynb")
+    run = reference.execute_in_copy(folder / "exercise.ipynb")
+    assert [o.get("text") for o in run.cells[0].outputs] == ["42 missing exercise ['-f']\n"], run.cells[0].outputs

@@ -1,14 +1,18 @@
 """Shared fixtures: a throwaway copy of the course with a class folder, and graded fixture classes."""
 import atexit
+import contextlib
 import os
 import pwd
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -117,6 +121,43 @@ def graded_fixtures(tmp_path_factory):
 @pytest.fixture
 def course_copy(tmp_path):
     return make_course_copy(tmp_path)
+
+
+# --- a real Jupyter server --------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyter_server(cmd: list[str], cwd: Path, env: dict, log_path: Path, status_url: str,
+                   headers: dict | None = None, stop_within: float = 20):
+    """Run a Jupyter server command until the block ends: it is up once `status_url` answers
+    (60 s at most, else the test fails with the end of its log), and it is stopped with SIGTERM
+    (the server shuts its kernels down), SIGKILL after `stop_within` seconds."""
+    with log_path.open("w") as log:
+        server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(status_url, headers=headers or {}), timeout=5):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"the Jupyter server did not start (exit code {server.poll()}):\n"
+                                    + log_path.read_text()[-3000:])
+                    time.sleep(0.25)
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=stop_within)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
 
 
 # --- what CI must not skip ---------------------------------------------------------------------

@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import skip_or_fail
+from conftest import free_port, jupyter_server, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,12 +34,6 @@ TIMEOUT_MS = 60_000  # per wait; a normal run of the whole file takes about 25 s
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 IDLE = f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']"
 STDERR = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -69,30 +61,9 @@ def lab(tmp_path_factory):
            "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    log_path = home / "server.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/status", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"jupyter lab did not start (exit code {server.poll()}):\n"
-                                + log_path.read_text()[-3000:])
-                time.sleep(0.25)
-        yield base, root
-    finally:
-        server.terminate()  # the server shuts its kernels down on SIGTERM
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
-        log.close()
+    # The server stops within 15 s of SIGTERM, or is killed.
+    with jupyter_server(cmd, root, env, home / "server.log", f"http://127.0.0.1:{port}/api/status", stop_within=15):
+        yield f"http://127.0.0.1:{port}", root
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,9 @@ import html
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -21,7 +19,7 @@ import pytest
 
 from autograder import samples
 from autograder.sandbox import isolation_status
-from conftest import skip_or_fail, REPO, fixture_notebook, make_course_copy, submit_directly
+from conftest import skip_or_fail, REPO, fixture_notebook, free_port, jupyter_server, make_course_copy, submit_directly
 
 ASSIGNMENT = "ex02_data_gate"
 ATTACKS = REPO / "tests" / "fixtures" / "attacks"
@@ -87,12 +85,6 @@ def test_nbgrader_autograde_from_the_repository_root_uses_our_pipeline(tmp_path)
         assert "label_leak" in text and "accepted" in text  # the visible run's own outputs
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def formgrader(tmp_path):
     """A real Jupyter server at the course copy's root, with the formgrader extension."""
@@ -103,38 +95,18 @@ def formgrader(tmp_path):
         (home / folder).mkdir(parents=True)
     env.update(HOME=str(home), JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                JUPYTER_DATA_DIR=str(home / "data"))
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "jupyter", "server", "--no-browser", "--ip=127.0.0.1",
-                               f"--port={port}", f"--IdentityProvider.token={token}", "--allow-root",
-                               f"--ServerApp.root_dir={paths.repo}"],
-                              cwd=paths.repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "jupyter", "server", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={paths.repo}"]
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
 
     def call(method, path, timeout=600):
         request = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None,
-                                         headers={"Authorization": f"token {token}"})
+                                         headers=auth)
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return json.loads(reply.read() or b"null")
 
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                call("GET", "/api/status", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the Jupyter server did not start: " + (tmp_path / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
+    with jupyter_server(cmd, paths.repo, env, tmp_path / "server.log", f"{base}/api/status", headers=auth):
         yield paths, env, call
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        log.close()
 
 
 def test_formgrader_collect_and_autograde_buttons_use_our_pipeline(formgrader):

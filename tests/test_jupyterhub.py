@@ -21,7 +21,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from autograder import samples
-from conftest import skip_or_fail
+from conftest import free_port, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_CONFIG = REPO / "docs" / "jupyterhub" / "jupyterhub_config.py"
@@ -56,12 +55,6 @@ def _preconditions():
         skip_or_fail("this environment's Python cannot be used by other users (build the virtual "
                      "environment from a Python every user can read, e.g. /usr/bin/python3): "
                      + (probe.stderr.strip().splitlines() or ["?"])[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 T0 = time.monotonic()

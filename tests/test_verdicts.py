@@ -84,7 +84,7 @@ def test_lint_refuses_each_forgeable_cell_and_keeps_the_good_one(tiny):
     errors = {f.grade_id: f.message for f in findings if f.severity == "error"}
     assert set(errors) == FORGEABLE, errors
     assert "blank release" in errors["test_constant"]
-    assert "line 4 asserts `got == expected`" in errors["test_hidden_asserts"]
+    assert "line 5 asserts `got == expected`" in errors["test_hidden_asserts"]
     assert "forced to True" in errors["test_lone_true"]
     assert "forced to True" in errors["test_all_true_list"]
 

@@ -7,12 +7,14 @@ the autograded notebook, the gradebook rows and a SubmissionResult.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,31 @@ def _alembic_head() -> str:
 
 
 nbgrader_api.get_alembic_version = _alembic_head  # what Gradebook() calls for a new database
+
+
+_ENGINES: collections.OrderedDict = collections.OrderedDict()  # (url, options) -> engine, newest last
+_ENGINES_KEPT = 4  # gradebooks one process works on at once (one, for an instructor)
+_ENGINES_LOCK = threading.Lock()
+_new_engine = nbgrader_api.create_engine
+
+
+def _shared_engine(url, **options):
+    """The SQLAlchemy engine for a gradebook, made once per process. nbgrader 0.9.6 makes a new
+    engine for every Gradebook() it opens (eight per autograded submission), and an engine's
+    cache of compiled statements dies with it, so every query was compiled again; that was a
+    third of recording a submission. Gradebook.close() still closes the connections (dispose()
+    empties the engine's pool; the next use opens new ones)."""
+    key = (str(url), tuple(sorted(options.items())))
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(key, None) or _new_engine(url, **options)
+        _ENGINES[key] = engine
+        while len(_ENGINES) > _ENGINES_KEPT:
+            _, oldest = _ENGINES.popitem(last=False)
+            oldest.dispose()
+        return engine
+
+
+nbgrader_api.create_engine = _shared_engine  # what Gradebook() calls to open a gradebook
 
 
 # --- what exists -----------------------------------------------------------------------------

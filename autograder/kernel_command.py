@@ -6,8 +6,14 @@ the import costs over a quarter of the CPU time of a kernel's start, one cell an
 against 0.32 CPU-s on 2 busy cores: `python benchmarks/kernel_start.py`). With debugpy marked
 as missing, ipykernel starts without a debugger, as it does wherever debugpy is not installed.
 Learners' own kernels, started by JupyterLab from the kernelspec, keep it.
+
+A kernel that runs on the host (a reference solution, lint's controls) can also be given its own
+temporary folder: exercises make scratch folders with `tempfile`, and on the host's /tmp every
+run of them would leave its folders behind (the sandbox's /tmp disappears with the sandbox).
 """
 from __future__ import annotations
+
+import os
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -28,7 +34,15 @@ def without_debugger(cmd: list[str]) -> list[str]:
 
 
 class GradingKernelManager(AsyncKernelManager):
-    """An AsyncKernelManager whose Python kernel starts without the debugger."""
+    """An AsyncKernelManager whose Python kernel starts without the debugger, and with `tmpdir`
+    (when set) as its TMPDIR."""
+
+    tmpdir: str | None = None
+
+    async def _async_pre_start_kernel(self, **kw):
+        if self.tmpdir:
+            kw["env"] = {**kw.get("env", os.environ), "TMPDIR": self.tmpdir}
+        return await super()._async_pre_start_kernel(**kw)
 
     def format_kernel_cmd(self, extra_arguments=None):
         return without_debugger(super().format_kernel_cmd(extra_arguments))

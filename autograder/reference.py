@@ -32,7 +32,9 @@ def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None) -> nbfo
         ipc = Path(scratch) / "ipc"
         ipc.mkdir(mode=0o700)
         km = GradingKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc / "kernel"),
-                                connection_file=str(ipc / "connection.json"))
+                                  connection_file=str(ipc / "connection.json"))
+        km.tmpdir = str(Path(scratch) / "tmp")  # what the notebook makes with tempfile goes with the scratch
+        Path(km.tmpdir).mkdir()
         client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=True, kernel_name="python3",
                                 resources={"metadata": {"path": str(folder)}})
         client.execute(cleanup_kc=True)  # also shuts the kernel down, though it was handed in

@@ -1,5 +1,6 @@
 """The kernels the grader starts: ipykernel_launcher's, without the debugger (autograder/kernel_command.py)."""
 import sys
+from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
@@ -27,3 +28,14 @@ def test_a_reference_kernel_runs_without_the_debugger_and_imports_from_its_folde
     nbformat.write(new_notebook(cells=[new_code_cell(cell)]), folder / "exercise.ipynb")
     run = reference.execute_in_copy(folder / "exercise.ipynb")
     assert [o.get("text") for o in run.cells[0].outputs] == ["42 missing exercise ['-f']\n"], run.cells[0].outputs
+
+
+def test_what_a_reference_run_makes_with_tempfile_is_gone_after_it(tmp_path):
+    """Exercises make scratch folders with tempfile; on the host's /tmp each run left them behind."""
+    folder = tmp_path / "exercise"
+    folder.mkdir()
+    cell = "import tempfile\nprint(tempfile.mkdtemp(prefix='cicd-litter-'))"
+    nbformat.write(new_notebook(cells=[new_code_cell(cell)]), folder / "exercise.ipynb")
+    made = Path(reference.execute_in_copy(folder / "exercise.ipynb").cells[0].outputs[0]["text"].strip())
+    assert made.name.startswith("cicd-litter-") and made.parent.name == "tmp"
+    assert not made.exists() and not made.parent.exists()

@@ -99,15 +99,38 @@ class GuardedExecute(Execute):
         self._output_bytes = 0
         return super().preprocess_cell(cell, resources, index)
 
+    max_error_outputs = Integer(3, help="Error outputs kept per cell (one fails it)").tag(config=True)
+
     def output(self, outs, msg, display_id, cell_index):
-        # A flood of output must not fill the grader's memory: stop keeping it past the cap.
-        if msg["msg_type"] != "error":
-            self._output_bytes += len(json.dumps(msg.get("content", {}), default=str))
-            if self._output_bytes > self.max_output_bytes:
-                if not outs or outs[-1].get("text") != _FLOOD_NOTE:
-                    outs.append(NotebookNode(output_type="stream", name="stdout", text=_FLOOD_NOTE))
+        # A flood of output must not fill the grader's memory (outside the sandbox's limits) nor,
+        # through the graded notebook, its disk: nothing is kept past the cap, and errors, which
+        # always count, are kept few and short (one already fails the cell).
+        if msg["msg_type"] == "error":
+            if sum(o.get("output_type") == "error" for o in outs) >= self.max_error_outputs:
                 return None
+            msg["content"] = _bounded_error(msg.get("content"))
+            return super().output(outs, msg, display_id, cell_index)
+        self._output_bytes += len(json.dumps(msg.get("content", {}), default=str))
+        if self._output_bytes > self.max_output_bytes:
+            if not outs or outs[-1].get("text") != _FLOOD_NOTE:
+                outs.append(NotebookNode(output_type="stream", name="stdout", text=_FLOOD_NOTE))
+            return None
         return super().output(outs, msg, display_id, cell_index)
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        """Widgets' messages are not kept: grading shows no widget, and nbclient would hold every
+        state a kernel sends (25 MB each, without end) in the grader's memory."""
+        return None
+
+
+def _bounded_error(content) -> dict:
+    """An error message's content, cut to what a verdict or a reader needs (the kernel chooses
+    its size and shape)."""
+    content = content if isinstance(content, dict) else {}
+    traceback = content.get("traceback")
+    lines = traceback[:30] if isinstance(traceback, list) else []
+    return {"ename": str(content.get("ename", "Error"))[:200], "evalue": str(content.get("evalue", ""))[:2_000],
+            "traceback": [str(line)[:2_000] for line in lines]}
 
 
 def _incident(err: Exception) -> str:
@@ -139,8 +162,8 @@ class CapOutputs(NbGraderPreprocessor):
             return cell, resources
         outputs = cell.get("outputs", [])
         kept = outputs[: self.max_outputs]
-        # Error outputs decide grades: never let the cap drop one.
-        kept += [o for o in outputs[self.max_outputs:] if o.get("output_type") == "error"]
+        # Error outputs decide grades: past the cap, the first of them is still kept.
+        kept += [o for o in outputs[self.max_outputs:] if o.get("output_type") == "error"][:1]
         for output in kept:
             if "text" in output:
                 output["text"] = self._cut(output["text"])

@@ -6,17 +6,20 @@ really works there, and by our pipeline, which must give exactly the expected po
 """
 import base64
 import html as html_lib
+import json
 import os
 import re
 import sqlite3
 from pathlib import Path
 
+import nbformat
 import pytest
 from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 
 from autograder import course, lint, samples
+from autograder.preprocessors import GuardedExecute
 from autograder.sandbox import isolation_status
 from conftest import block_lines, fixture_notebook, skip_or_fail, submit_directly, generated_course_copy
 
@@ -166,6 +169,36 @@ def test_huge_output_is_cut(classroom, name):
     assert graded.stat().st_size < 1_000_000
     text = graded.read_text()
     assert "cut by the grader" in text or "dropped by the grader" in text or "truncated" in text
+
+
+def test_a_flood_of_errors_and_widgets_is_not_kept(classroom):
+    """100 error messages and 100 widget states of 1 MB each: three short errors are kept."""
+    paths, ours = classroom
+    graded = paths.autograded / "floods_errors_and_widgets" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    assert graded.stat().st_size < 1_000_000
+    cell = next(c for c in nbformat.read(graded, as_version=4).cells if c.get("id") == "find_problems")
+    errors = [o for o in cell.outputs if o.get("output_type") == "error"]
+    assert [e.ename for e in errors] == ["Flood"] * 3, [e.get("ename") for e in errors]
+    assert all(len(e.evalue) <= 2_000 and len(e.traceback) <= 30 for e in errors)
+
+
+def test_output_and_widget_messages_past_the_caps_are_dropped_as_they_arrive():
+    """What GuardedExecute keeps while a cell runs: the grader's memory must not grow with the flood."""
+    execute = GuardedExecute()
+    execute.reset_execution_trackers()  # what nbclient sets up before a notebook and a cell runs
+    execute.clear_before_next_output, execute._output_bytes = False, 0
+    outs = []
+    big = "x" * 1024**2
+    for i in range(50):
+        execute.output(outs, {"msg_type": "error", "header": {"msg_type": "error"}, "parent_header": {},
+                              "content": {"ename": "Flood", "evalue": big, "traceback": [big] * 50}}, None, 0)
+        execute.output(outs, {"msg_type": "stream", "header": {"msg_type": "stream"}, "parent_header": {},
+                              "content": {"name": "stdout", "text": big}}, None, 0)
+        execute.handle_comm_msg(outs, {"msg_type": "comm_open", "content": {
+            "comm_id": f"c{i}", "target_name": "jupyter.widget", "data": {"state": {"blob": big}}}}, 0)
+    assert sum(len(json.dumps(o)) for o in outs) < 3 * 1024**2
+    assert [o.output_type for o in outs].count("error") == 3
+    assert not execute.widget_state and not getattr(execute, "comm_objects", {})
 
 
 def hidden_test_lines(paths):

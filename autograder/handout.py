@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from . import AutograderError
+from . import AutograderError, reports
 from .config import REPO
 
 # Top-level entries of the repository that go into the copy (everything else stays behind).
@@ -23,7 +23,6 @@ SKIPPED_NAMES = (".ipynb_checkpoints", "__pycache__", ".scratch", "*.pyc")
 SKIPPED_FILES = ("data/generate.py",)
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 WINDOW = 3  # consecutive hidden-test lines that make a leak outside the exercises
-_HIDDEN_BLOCK = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
 _ANY_BLOCK = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n.*?### END \1", re.S)
 
 LEARNER_README = """\
@@ -69,7 +68,7 @@ def _hidden_blocks(repo: Path) -> dict[str, tuple[list[list[str]], set[str]]]:
         blocks, visible = [], set()
         for cell in json.loads(source.read_text(encoding="utf-8")).get("cells", []):
             text = "".join(cell.get("source", []))
-            for block in _HIDDEN_BLOCK.findall(text):
+            for block in reports.HIDDEN_BLOCK.findall(text):
                 blocks.append([line.strip() for line in block.splitlines() if line.strip()])
             visible |= {line.strip() for line in _ANY_BLOCK.sub("", text).splitlines()}
         found[source.parent.name] = (blocks, visible)

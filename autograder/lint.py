@@ -30,7 +30,6 @@ import ast
 import copy
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,25 +115,25 @@ class Finding:
 
 # --- what a hidden test's code gives away ----------------------------------------------------
 
-_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)^[ \t]*### END HIDDEN TESTS", re.S | re.M)
-
-
 def hidden_lines(source: str) -> set[int]:
     """The 1-based numbers of a cell's lines inside its hidden-test blocks."""
     lines = set()
-    for block in _HIDDEN_BLOCK.finditer(source):
+    for block in reports.HIDDEN_BLOCK.finditer(source):
         first = source.count("\n", 0, block.start(1)) + 1
         lines.update(range(first, first + block.group(1).count("\n")))
     return lines
 
 
+def _names_read(tree: ast.AST) -> set[str]:
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store)}
+
+
 def names_read(source: str) -> set[str]:
     """Every name a piece of code reads (empty when it does not parse)."""
     try:
-        tree = ast.parse(source)
+        return _names_read(ast.parse(source))
     except SyntaxError:
         return set()
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store)}
 
 
 def hidden_giveaways(source: str, read_elsewhere: frozenset[str] = frozenset()) -> list[str]:
@@ -153,7 +152,7 @@ def hidden_giveaways(source: str, read_elsewhere: frozenset[str] = frozenset()) 
         if isinstance(node, ast.Assert) and node.lineno in hidden:
             text = ast.unparse(node.test)
             found.append(f"line {node.lineno} asserts `{text[:60]}{'…' if len(text) > 60 else ''}`")
-    read = names_read(source) | read_elsewhere
+    read = _names_read(tree) | read_elsewhere
     bound = {}
     for node in ast.walk(tree):
         if getattr(node, "lineno", None) not in hidden:
@@ -173,11 +172,12 @@ def hidden_giveaways(source: str, read_elsewhere: frozenset[str] = frozenset()) 
 def giveaway_findings(source_nb, name: str) -> list[Finding]:
     """An error for every report() cell whose hidden-test code gives expected values away."""
     code = [cell for cell in source_nb.cells if cell.cell_type == "code"]
+    reads = [names_read(cell.source) for cell in code]
     findings = []
-    for cell in code:
+    for index, cell in enumerate(code):
         if not reports.is_grade_cell(cell) or not reports.calls_report(cell.source):
             continue
-        others = frozenset().union(*(names_read(other.source) for other in code if other is not cell))
+        others = frozenset().union(*(read for other, read in enumerate(reads) if other != index))
         found = hidden_giveaways(cell.source, others)
         if found:
             findings.append(Finding(name, reports.grade_id(cell), "error",

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from dataclasses import dataclass, field
 
 REPORT_MIME = "application/vnd.cicd-course.check+json"
+# A hidden-test block of a test cell's source, marker lines included (group 1: the lines between).
+HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)^[ \t]*### END HIDDEN TESTS", re.S | re.M)
 
 
 def is_grade_cell(cell) -> bool:

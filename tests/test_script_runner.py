@@ -1,8 +1,10 @@
 """ex06's script_runner: a run forked from a pre-imported helper must look exactly like
 `python SCRIPT ARGS` (the tests of ex06 grade exit codes, streams and messages)."""
 import importlib.util
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,52 @@ def test_exercise_06_ships_the_same_runner():
     for copy in (REPO / "solutions" / "ex06_ci_script" / "script_runner.py",
                  REPO / "course" / "ex06_ci_script" / "script_runner.py"):
         assert copy.read_bytes() == RUNNER.read_bytes(), f"{copy} differs from {RUNNER}: copy it over"
+
+
+def _gone(pid: int, within: float = 10) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_kernel_shuts_down_without_waiting_on_the_helper_and_leaves_none_behind(tmp_path):
+    """ipykernel's shutdown signals its process group and waits until it is empty: the helper
+    must be outside that group, and must end by itself once the kernel has gone."""
+    from jupyter_client.manager import start_new_kernel
+    (tmp_path / "passes.py").write_text(SCRIPTS["passes.py"])
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        code = (f"import os, sys; sys.path.insert(0, {str(RUNNER.parent)!r}); import script_runner\n"
+                "print(script_runner.run_script('passes.py', [])[0], script_runner._helper.pid,\n"
+                "      os.getpgid(script_runner._helper.pid) == os.getpgrp())")
+        lines = []
+        reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: lines.append(
+            msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        code, pid, in_kernels_group = "".join(lines).split()
+        assert (code, in_kernels_group) == ("0", "False")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert _gone(int(pid)), "the helper outlived its kernel"
+
+
+def test_an_interrupted_run_kills_the_script_too(tmp_path):
+    """Ctrl-C (a kernel interrupt) while a script runs: the caller gets KeyboardInterrupt and the
+    script's process dies with the helper, instead of running on unwatched."""
+    (tmp_path / "sleeps.py").write_text("import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    caller = (f"import os, signal, sys, threading, time; sys.path.insert(0, {str(RUNNER.parent)!r}); import script_runner\n"
+              "def interrupt():\n"
+              "    while not os.path.exists('pid') or not open('pid').read(): time.sleep(0.02)\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "threading.Thread(target=interrupt, daemon=True).start()\n"
+              "try:\n    script_runner.run_script('sleeps.py', [])\nexcept KeyboardInterrupt:\n"
+              "    print('interrupted', script_runner._helper)\n")
+    done = subprocess.run([sys.executable, "-c", caller], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "interrupted None", done.stderr
+    assert _gone(int((tmp_path / "pid").read_text())), "the interrupted script is still running"

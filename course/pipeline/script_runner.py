@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -147,9 +148,13 @@ def _plain_run(command: list[str], timeout: float, env, cwd) -> tuple[int, str, 
 def _started_helper() -> subprocess.Popen:
     global _helper
     if _helper is None or _helper.poll() is not None:
+        # In a session of its own: a Jupyter kernel, when asked to shut down, signals every process
+        # of its own process group and waits in growing steps until none is left, and the helper,
+        # a child nobody reaps, kept each shutdown waiting over 2 s. Out of that group it is spared;
+        # it ends by itself when its stdin closes, which the kernel's exit does.
         _helper = subprocess.Popen([sys.executable, "-c", HELPER, *PRELOADED], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                   encoding="utf-8")
+                                   encoding="utf-8", start_new_session=True)
     return _helper
 
 
@@ -165,6 +170,15 @@ def run_script(script: str, args: list[str], timeout: float = 60, env: dict | No
         return _plain_run(command, timeout, env, cwd)
     with _one_run_at_a_time:
         return _forked_run(script, args, command, timeout, env, cwd)
+
+
+def _stop(helper: subprocess.Popen) -> None:
+    """Kill the helper and the run it forked: they are the only processes of its session's group."""
+    try:
+        os.killpg(helper.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    helper.wait()
 
 
 def _forked_run(script, args, command, timeout, env, cwd):
@@ -184,8 +198,7 @@ def _forked_run(script, args, command, timeout, env, cwd):
                                     "kill its parent process?)")
         answer = json.loads(line)
     except BaseException:  # also an interrupted run: a half-answered helper would hand its answer to the next run
-        helper.kill()
-        helper.wait()
+        _stop(helper)
         _helper = None
         raise
     if answer["timed_out"]:

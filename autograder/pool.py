@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -43,7 +44,6 @@ import nbformat
 from jupyter_core.utils import run_sync
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import SaveAutoGrades
-from nbgrader.utils import setenv
 
 from . import AutograderError, course
 from .config import ClassPaths, load_course_config
@@ -94,6 +94,21 @@ def modules_to_preload(release_folder: Path) -> list[str]:
     return sorted(name for name in names if is_installed(name))
 
 
+@contextlib.contextmanager
+def _grading_env():
+    """NBGRADER_EXECUTION=autograde, as nbgrader sets it for the kernels it starts; put back as it
+    was even after an error. (nbgrader's own `setenv` cannot nest: it forgets the value before.)"""
+    before = os.environ.get("NBGRADER_EXECUTION")
+    os.environ["NBGRADER_EXECUTION"] = "autograde"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("NBGRADER_EXECUTION", None)
+        else:
+            os.environ["NBGRADER_EXECUTION"] = before
+
+
 def _preload_code(modules: list[str]) -> str:
     return ("def _cicd_preload():\n    import importlib\n"
             f"    for name in {modules!r}:\n"
@@ -122,6 +137,9 @@ class SubmissionRunner:
         self.steps = [cls(config=config) for cls in split_preprocessors()[0]]
         self.execute = next(step for step in self.steps if isinstance(step, GuardedExecute))
         self.execute.kernel_name = KERNEL_NAME
+        # A kernel that never answers before the first cell is replaced by one of ours, so that
+        # `abandon` can find and kill it too.
+        self.execute.new_kernel_manager = lambda: self._start_kernel()
         self.kernels: set = set()  # every kernel manager with a live kernel
         self.spare = None
         self.unfinished: Path | None = None
@@ -142,7 +160,7 @@ class SubmissionRunner:
     def _start_kernel(self):
         km = self.execute.create_kernel_manager()
         self.kernels.add(km)
-        with setenv(NBGRADER_EXECUTION="autograde"):
+        with _grading_env():
             run_sync(km.start_kernel)(cwd=str(self.kernel_folder),
                                       extra_arguments=["--HistoryManager.hist_file=:memory:"])
         return km
@@ -196,13 +214,14 @@ class SubmissionRunner:
             except Exception:
                 self.spare = None
         try:
-            with setenv(NBGRADER_EXECUTION="autograde"):
+            with _grading_env():
                 return self.execute.preprocess(nb, resources, km=km)
         finally:
             if self.execute.kc is not None:
                 self.execute.kc.stop_channels()
                 self.execute.kc = None
-            self._stop_kernel(km)
+            for started in [k for k in self.kernels if k is not self.spare]:  # with any replacement
+                self._stop_kernel(started)
 
     def run(self, student: str, prewarm: bool | None = None) -> dict:
         """Stage, sanitize, execute and decide one submission; write it to executed/<student>/.

@@ -26,7 +26,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Bool, Enum, Integer, List, Unicode
+from traitlets import Any, Bool, Enum, Integer, List, Unicode
 
 from . import AutograderError, reference, reports, submission
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
@@ -62,31 +62,67 @@ class GuardedExecute(Execute):
     total_timeout = Integer(600, help="Wall-clock seconds for the whole notebook: a learner's own cells "
                                       "that each sleep just under the cell timeout cannot add up").tag(config=True)
 
+    # Before the first cell none of the learner's code has run, so a kernel that does not answer
+    # by then is the grader's failure, never the learner's (ipykernel 7 can leave a request unread
+    # on its shell socket, ipython/ipykernel#1554; a loaded machine can stall a start). It is
+    # replaced once; a second one that fails too stops the submission's grading with a grader's
+    # error (the submission is graded again next time), never a zero. `new_kernel_manager`, when
+    # set, starts the replacement (the grading pool's, so it can stop it); else nbclient does.
+    new_kernel_manager = Any(None, allow_none=True)
+    kernel_info_wait = Integer(30, help="Seconds a started kernel has to answer before the first cell").tag(config=True)
+
     def preprocess(self, nb, resources=None, km=None):
-        self._running_cell = None
-        self._deadline = time.monotonic() + self.total_timeout
-        try:
-            return super().preprocess(nb, resources, km=km)
-        except Exception as err:  # the student's kernel misbehaved; the class goes on
-            # A kernel the sandbox's watchdog stopped says which per-submission limit it crossed.
-            # The manager is ours, or one the grading pool started ahead and handed in.
-            manager = km if km is not None else getattr(self, "_sandboxed_manager", None)
-            stopped = getattr(manager, "limit_exceeded", "")
-            if not stopped and time.monotonic() >= self._deadline - 1:
-                stopped = (f"the notebook ran past its total time limit of {self.total_timeout} s "
-                           f"(all cells together) and was stopped")
-            message = f"{stopped}; later cells did not run" if stopped else _incident(err)
-            self.log.warning("Execution stopped: %s", message)
-            index = self._running_cell
-            target = nb.cells[index] if index is not None and index < len(nb.cells) else None
-            if target is not None and target.get("cell_type") == "code":
-                target.outputs.append(_error_output("ExecutionStopped", message))
-            nb.metadata.setdefault("cicd_grading", {})["incident"] = message
-            return nb, resources
+        for attempt in (1, 2):
+            self._running_cell = None
+            self._deadline = time.monotonic() + self.total_timeout
+            try:
+                return super().preprocess(nb, resources, km=km)
+            except Exception as err:
+                if self._running_cell is not None:
+                    return self._stopped(nb, resources, km, err)
+                self._drop_client()
+                if attempt == 2:
+                    raise AutograderError(
+                        "grading failed: no kernel answered before the notebook's first cell, twice "
+                        f"(last: {type(err).__name__}: {str(err).strip()[:200]}); none of the submission's "
+                        "code ran, so this is the grading machine's fault: grade this submission again") from err
+                self.log.warning("The kernel did not answer before the first cell (%s: %s); starting another",
+                                 type(err).__name__, err)
+                km = self.new_kernel_manager() if self.new_kernel_manager is not None else None
+
+    def _drop_client(self) -> None:
+        """The client of a kernel given up on (nbclient stops it only for kernels it owns)."""
+        if getattr(self, "kc", None) is not None:
+            try:
+                self.kc.stop_channels()
+            except Exception:
+                pass
+            self.kc = None
+
+    def _stopped(self, nb, resources, km, err):
+        """The submission's run ended early: say why in the notebook, grade what ran."""
+        # The student's kernel misbehaved; the class goes on.
+        # A kernel the sandbox's watchdog stopped says which per-submission limit it crossed.
+        # The manager is ours, or one the grading pool started ahead and handed in.
+        manager = km if km is not None else getattr(self, "_sandboxed_manager", None)
+        stopped = getattr(manager, "limit_exceeded", "")
+        if not stopped and time.monotonic() >= self._deadline - 1:
+            stopped = (f"the notebook ran past its total time limit of {self.total_timeout} s "
+                       f"(all cells together) and was stopped")
+        message = f"{stopped}; later cells did not run" if stopped else _incident(err)
+        self.log.warning("Execution stopped: %s", message)
+        index = self._running_cell
+        target = nb.cells[index] if index is not None and index < len(nb.cells) else None
+        if target is not None and target.get("cell_type") == "code":
+            target.outputs.append(_error_output("ExecutionStopped", message))
+        nb.metadata.setdefault("cicd_grading", {})["incident"] = message
+        return nb, resources
 
     def _get_timeout(self, cell):
         # Sleeping uses no CPU, so the CPU limit never sees it: the notebook's clock is what bounds it.
         per_cell = super()._get_timeout(cell)
+        if cell is None:  # the kernel_info request before the first cell, no learner code in sight
+            per_cell = self.kernel_info_wait if per_cell is None else min(per_cell, self.kernel_info_wait)
         if getattr(self, "_deadline", None) is None:
             return per_cell
         remaining = max(1, int(self._deadline - time.monotonic()))

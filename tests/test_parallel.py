@@ -1,5 +1,6 @@
 """Grading a class in parallel: the same grades as one at a time, a consistent gradebook, progress
 that says where it is, a clean stop on Ctrl-C and a resume that grades only what is left."""
+import contextlib
 import io
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from autograder import class_report, course, samples
+from autograder.pool import executed_root
 from autograder.progress import Progress
 from conftest import fixture_notebook, submit_directly, generated_course_copy
 
@@ -227,3 +229,64 @@ def interrupt_and_resume(paths, scratch: Path) -> None:
 def shutil_copy_autograder(repo: Path) -> None:
     """The grader's code beside the course copy, so `python -m autograder` grades that copy."""
     shutil.copytree(REPO / "autograder", repo / "autograder", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _stop_every_process_of(km) -> None:
+    """Freeze a kernel where it stands (its sandbox and everything in it): alive, never answering."""
+    import psutil
+    root = psutil.Process(km.provisioner.pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGSTOP)
+
+
+def test_a_kernel_that_never_answers_is_replaced_and_not_blamed_on_the_learner(tmp_path):
+    """Before the first cell none of the learner's code has run, so a kernel that does not answer
+    then (ipykernel 7 can leave a request unread; a machine can stall) is the grader's failure: the
+    submission must get its real grade from a second kernel, not a zero and an incident."""
+    from autograder.pool import Recorder, SubmissionRunner
+    paths = generated_course_copy(tmp_path, A)
+    submit_directly(paths, "correct", A, fixture_notebook(paths, A, "correct"))
+    runner = SubmissionRunner(paths, A, prewarm=False)
+    runner.execute.startup_timeout = 3  # how long a kernel may take to answer at all (60 s by default)
+    start, frozen = runner._start_kernel, []
+
+    def first_kernel_frozen():
+        km = start()
+        if not frozen:
+            _stop_every_process_of(km)
+            frozen.append(km)
+        return km
+
+    runner._start_kernel = first_kernel_frozen
+    try:
+        outcome = runner.run("correct")
+    finally:
+        runner.close()
+    assert frozen and not runner.kernels, "both kernels should have been stopped"
+    assert outcome["error"] == "" and outcome["incidents"] == [], outcome
+    result = Recorder(paths, A).record(outcome)
+    assert result.score == pytest.approx(expected_points("correct")), result.reason
+
+
+def test_a_submission_whose_kernels_never_answer_is_not_graded_and_says_so(tmp_path):
+    from autograder.pool import SubmissionRunner
+    paths = generated_course_copy(tmp_path, A)
+    submit_directly(paths, "correct", A, fixture_notebook(paths, A, "correct"))
+    runner = SubmissionRunner(paths, A, prewarm=False)
+    runner.execute.startup_timeout = 3
+    start = runner._start_kernel
+
+    def frozen_kernel():
+        km = start()
+        _stop_every_process_of(km)
+        return km
+
+    runner._start_kernel = frozen_kernel
+    try:
+        outcome = runner.run("correct")
+    finally:
+        runner.close()
+    assert outcome["error"].startswith("grading failed: no kernel answered"), outcome
+    assert "grade this submission again" in outcome["error"]
+    assert not runner.kernels and not (executed_root(paths) / "correct" / A).exists()

@@ -232,12 +232,23 @@ def shutil_copy_autograder(repo: Path) -> None:
 
 
 def _stop_every_process_of(km) -> None:
-    """Freeze a kernel where it stands (its sandbox and everything in it): alive, never answering."""
+    """Freeze a kernel (its sandbox and everything in it): alive, never answering. The sandbox
+    starts it through a chain of forks, so a process may fork just before it is stopped: the tree
+    is stopped again until no new process turns up."""
     import psutil
     root = psutil.Process(km.provisioner.pid)
-    for process in [root, *root.children(recursive=True)]:
+    stopped: set[int] = set()
+    while True:
+        tree = {}
         with contextlib.suppress(psutil.Error):
-            process.send_signal(signal.SIGSTOP)
+            tree = {root.pid: root, **{p.pid: p for p in root.children(recursive=True)}}
+        if set(tree) <= stopped:
+            return
+        for pid, process in tree.items():
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGSTOP)
+            stopped.add(pid)
+        time.sleep(0.05)
 
 
 def test_a_kernel_that_never_answers_is_replaced_and_not_blamed_on_the_learner(tmp_path):

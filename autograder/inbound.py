@@ -29,6 +29,9 @@ from nbgrader.utils import parse_utc
 
 NOTES_FILE = "collect_notes.json"
 MAX_SUBMISSION_BYTES = 200 * 1024**2
+# Files and folders: an exercise has a dozen. Tiny files by the hundred thousand pass the size cap
+# but cost minutes of copying, hashing and nbgrader's own file lists at every grading.
+MAX_SUBMISSION_ENTRIES = 1_000
 
 
 @dataclass
@@ -106,12 +109,19 @@ def scan(inbound: Path, assignment: str) -> list[Entry]:
 
 
 def _copy_tree(src_fd: int, dest: Path, relative: str, owner: int | None, notes: list[str], budget: list[int]) -> None:
-    """Copy the folder open at src_fd into dest, regular files only, never following a link."""
+    """Copy the folder open at src_fd into dest, regular files only, never following a link.
+    budget: [bytes left, files and folders left]; past the second, nothing more is read."""
     dest.mkdir(parents=True, exist_ok=True)
     with os.scandir(src_fd) as listing:
         names = sorted(e.name for e in listing)
     for name in names:
         shown = f"{relative}{name}"
+        budget[1] -= 1
+        if budget[1] < 0:
+            if budget[1] == -1:  # said once, however many more there are
+                notes.append(f"the submission holds more than {MAX_SUBMISSION_ENTRIES} files and folders: only the "
+                             f"first {MAX_SUBMISSION_ENTRIES} (in name order) were collected, from {shown} on nothing was")
+            return
         info = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
         if owner is not None and info.st_uid != owner:
             notes.append(f"{shown} was not collected: it belongs to {_owner_name(info.st_uid)}, not to the learner")
@@ -153,7 +163,7 @@ def copy_entry(inbound: Path, entry: Entry, dest: Path) -> None:
     fd = os.open(inbound / entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         owner = os.fstat(fd).st_uid  # already checked against the learner's name
-        _copy_tree(fd, dest, "", owner, entry.notes, [MAX_SUBMISSION_BYTES])
+        _copy_tree(fd, dest, "", owner, entry.notes, [MAX_SUBMISSION_BYTES, MAX_SUBMISSION_ENTRIES])
     finally:
         os.close(fd)
 

@@ -203,3 +203,26 @@ def test_a_submission_cannot_claim_to_be_older_than_it_is(tmp_path):
     (student,) = outcome
     stamp = (submitted / student / ASSIGNMENT / "timestamp.txt").read_text()
     assert stamp != forged or any("time stamp" in note for note in outcome[student])
+
+
+def test_a_submission_of_too_many_files_is_cut_short_with_one_note(tmp_path):
+    """A flood of tiny files passes a size cap; copying, hashing and nbgrader's own file lists would
+    then take minutes per grading (the helper who attacked the grader measured over 15 min of CPU
+    for 140,000 files in stock nbgrader), holding up the class. Collect keeps the first files
+    only, in name order, and says so once."""
+    paths = generated_course_copy(tmp_path, ASSIGNMENT)
+    folder = entry(paths, "flood")
+    nbformat.write(fixture_notebook(paths, ASSIGNMENT, "correct"), folder / f"{ASSIGNMENT}.ipynb")
+    bulk = folder / "zz_bulk"
+    bulk.mkdir()
+    for index in range(inbound.MAX_SUBMISSION_ENTRIES + 500):
+        (bulk / f"{index:05d}.txt").write_bytes(b"x")
+    assert course.collect(paths, ASSIGNMENT) == ["flood"]
+    collected = paths.submitted / "flood" / ASSIGNMENT
+    kept = [p for p in collected.rglob("*") if p.name != inbound.NOTES_FILE]
+    assert (collected / f"{ASSIGNMENT}.ipynb").is_file()
+    assert len(kept) == inbound.MAX_SUBMISSION_ENTRIES
+    notes = inbound.notes_of(collected)
+    assert len(notes) == 1 and f"more than {inbound.MAX_SUBMISSION_ENTRIES} files and folders" in notes[0], notes
+    result, = course.grade(paths, ASSIGNMENT, jobs=1)
+    assert result.score == 10 and notes[0] in " ".join(result.notes)

@@ -64,15 +64,17 @@ class GuardedExecute(Execute):
 
     # Before the first cell none of the learner's code has run, so a kernel that does not answer
     # by then is the grader's failure, never the learner's (ipykernel 7 can leave a request unread
-    # on its shell socket, ipython/ipykernel#1554; a loaded machine can stall a start). It is
-    # replaced once; a second one that fails too stops the submission's grading with a grader's
-    # error (the submission is graded again next time), never a zero. `new_kernel_manager`, when
-    # set, starts the replacement (the grading pool's, so it can stop it); else nbclient does.
+    # on its shell socket, ipython/ipykernel#1554; on a loaded machine we also saw a fresh kernel
+    # right after such a failure not answer for 60 s). It is replaced, twice at most; when every
+    # kernel fails, the submission's grading stops with a grader's error (it is graded again next
+    # time), never a zero. `new_kernel_manager`, when set, starts the replacements (the grading
+    # pool's, so it can stop them); else nbclient does.
     new_kernel_manager = Any(None, allow_none=True)
+    kernel_attempts = Integer(3, help="Kernels tried before a submission's grading fails (none answered)").tag(config=True)
     kernel_info_wait = Integer(30, help="Seconds a started kernel has to answer before the first cell").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
-        for attempt in (1, 2):
+        for attempt in range(1, max(1, self.kernel_attempts) + 1):
             self._running_cell = None
             self._deadline = time.monotonic() + self.total_timeout
             try:
@@ -81,10 +83,10 @@ class GuardedExecute(Execute):
                 if self._running_cell is not None:
                     return self._stopped(nb, resources, km, err)
                 self._drop_client()
-                if attempt == 2:
+                if attempt >= self.kernel_attempts:
                     raise AutograderError(
-                        "grading failed: no kernel answered before the notebook's first cell, twice "
-                        f"(last: {type(err).__name__}: {str(err).strip()[:200]}); none of the submission's "
+                        f"grading failed: no kernel answered before the notebook's first cell ({attempt} kernels "
+                        f"tried; the last: {type(err).__name__}: {str(err).strip()[:200]}); none of the submission's "
                         "code ran, so this is the grading machine's fault: grade this submission again") from err
                 self.log.warning("The kernel did not answer before the first cell (%s: %s); starting another",
                                  type(err).__name__, err)

@@ -299,5 +299,6 @@ def test_a_submission_whose_kernels_never_answer_is_not_graded_and_says_so(tmp_p
     finally:
         runner.close()
     assert outcome["error"].startswith("grading failed: no kernel answered"), outcome
+    assert f"({runner.execute.kernel_attempts} kernels tried;" in outcome["error"]
     assert "grade this submission again" in outcome["error"]
     assert not runner.kernels and not (executed_root(paths) / "correct" / A).exists()

@@ -63,9 +63,10 @@ class GuardedExecute(Execute):
                                       "that each sleep just under the cell timeout cannot add up").tag(config=True)
 
     # Before the first cell none of the learner's code has run, so a kernel that does not answer
-    # by then is the grader's failure, never the learner's (ipykernel 7 can leave a request unread
-    # on its shell socket, ipython/ipykernel#1554; on a loaded machine we also saw a fresh kernel
-    # right after such a failure not answer for 60 s). It is replaced, twice at most; when every
+    # by then is the grader's failure, never the learner's. On a loaded machine about 1 kernel
+    # start in 50 to 150 leaves a request unread: the kernel sits idle in epoll_wait with its
+    # sockets bound, with ipykernel 7.4 and 6.31 alike (ipython/ipykernel#1554 describes one such
+    # window), for 60 s and more. It is replaced, twice at most; when every
     # kernel fails, the submission's grading stops with a grader's error (it is graded again next
     # time), never a zero. `new_kernel_manager`, when set, starts the replacements (the grading
     # pool's, so it can stop them); else nbclient does.

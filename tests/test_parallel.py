@@ -253,7 +253,7 @@ def _stop_every_process_of(km) -> None:
 
 def test_a_kernel_that_never_answers_is_replaced_and_not_blamed_on_the_learner(tmp_path):
     """Before the first cell none of the learner's code has run, so a kernel that does not answer
-    then (ipykernel 7 can leave a request unread; a machine can stall) is the grader's failure: the
+    then (on a loaded machine a kernel now and then leaves a request unread) is the grader's failure: the
     submission must get its real grade from a second kernel, not a zero and an incident."""
     from autograder.pool import Recorder, SubmissionRunner
     paths = generated_course_copy(tmp_path, A)

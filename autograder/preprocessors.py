@@ -73,6 +73,9 @@ class GuardedExecute(Execute):
     new_kernel_manager = Any(None, allow_none=True)
     kernel_attempts = Integer(3, help="Kernels tried before a submission's grading fails (none answered)").tag(config=True)
     kernel_info_wait = Integer(30, help="Seconds a started kernel has to answer before the first cell").tag(config=True)
+    # nbclient waits 60 s for a new kernel's first answer; one that starts at all answers in a few
+    # seconds even on a loaded machine, and a stranded one is better replaced sooner.
+    startup_timeout = Integer(30, help="Seconds a new kernel has to answer its first request").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         for attempt in range(1, max(1, self.kernel_attempts) + 1):

@@ -630,11 +630,16 @@ def _process_tree_by_scan(root: int) -> dict[int, tuple[float, int]]:
 
 def _proportional_memory(pid: int, resident: int) -> int:
     """A process's memory with pages shared among several processes split between them (Pss),
-    so a fork of a big process is not counted twice; its resident size where Pss is unreadable."""
+    so a fork of a big process is not counted twice; its resident size where Pss is unreadable,
+    and nothing once it has exited (a short-lived child, forked from the kernel with all of its
+    pages, often ends between the look at the tree and this one: counting its resident size
+    stopped submissions that never came near the limit)."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
                 return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
     except (OSError, ValueError, IndexError):
         pass
     return resident

@@ -524,3 +524,13 @@ def test_the_sandbox_init_holds_none_of_the_graders_environment(tmp_path):
         assert b"CICD_PROBE_SECRET" not in Path(f"/proc/{started.pid}/environ").read_bytes()
     finally:
         started.wait(timeout=60)
+
+
+def test_a_process_that_has_exited_holds_no_memory():
+    """The watchdog sums the memory of a sandbox's processes; one that ended between two looks
+    (a `sleep` forked from the kernel) must count for nothing, not for its last resident size."""
+    from autograder.sandbox import _proportional_memory
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert _proportional_memory(gone.pid, 10**9) == 0
+    assert 0 < _proportional_memory(os.getpid(), 10**9) < 10**9  # a live process: its own Pss

@@ -251,29 +251,37 @@ def _stop_every_process_of(km) -> None:
         time.sleep(0.05)
 
 
-def test_a_kernel_that_never_answers_is_replaced_and_not_blamed_on_the_learner(tmp_path):
-    """Before the first cell none of the learner's code has run, so a kernel that does not answer
-    then (on a loaded machine a kernel now and then leaves a request unread) is the grader's failure: the
-    submission must get its real grade from a second kernel, not a zero and an incident."""
-    from autograder.pool import Recorder, SubmissionRunner
+def _grade_with_frozen_kernels(tmp_path, how_many):
+    """Run the correct answer with the runner's first `how_many` kernels frozen (None: every one);
+    returns the class, the closed runner, the outcome and the kernels frozen."""
+    from autograder.pool import SubmissionRunner
     paths = generated_course_copy(tmp_path, A)
     submit_directly(paths, "correct", A, fixture_notebook(paths, A, "correct"))
     runner = SubmissionRunner(paths, A, prewarm=False)
-    runner.execute.startup_timeout = 3  # how long a kernel may take to answer at all (60 s by default)
+    runner.execute.startup_timeout = 3  # how long a kernel may take to answer at all (30 s by default)
     start, frozen = runner._start_kernel, []
 
-    def first_kernel_frozen():
+    def start_then_freeze():
         km = start()
-        if not frozen:
+        if how_many is None or len(frozen) < how_many:
             _stop_every_process_of(km)
             frozen.append(km)
         return km
 
-    runner._start_kernel = first_kernel_frozen
+    runner._start_kernel = start_then_freeze
     try:
         outcome = runner.run("correct")
     finally:
         runner.close()
+    return paths, runner, outcome, frozen
+
+
+def test_a_kernel_that_never_answers_is_replaced_and_not_blamed_on_the_learner(tmp_path):
+    """Before the first cell none of the learner's code has run, so a kernel that does not answer
+    then (on a loaded machine a kernel now and then leaves a request unread) is the grader's failure: the
+    submission must get its real grade from a second kernel, not a zero and an incident."""
+    from autograder.pool import Recorder
+    paths, runner, outcome, frozen = _grade_with_frozen_kernels(tmp_path, 1)
     assert frozen and not runner.kernels, "both kernels should have been stopped"
     assert outcome["error"] == "" and outcome["incidents"] == [], outcome
     result = Recorder(paths, A).record(outcome)
@@ -281,23 +289,7 @@ def test_a_kernel_that_never_answers_is_replaced_and_not_blamed_on_the_learner(t
 
 
 def test_a_submission_whose_kernels_never_answer_is_not_graded_and_says_so(tmp_path):
-    from autograder.pool import SubmissionRunner
-    paths = generated_course_copy(tmp_path, A)
-    submit_directly(paths, "correct", A, fixture_notebook(paths, A, "correct"))
-    runner = SubmissionRunner(paths, A, prewarm=False)
-    runner.execute.startup_timeout = 3
-    start = runner._start_kernel
-
-    def frozen_kernel():
-        km = start()
-        _stop_every_process_of(km)
-        return km
-
-    runner._start_kernel = frozen_kernel
-    try:
-        outcome = runner.run("correct")
-    finally:
-        runner.close()
+    paths, runner, outcome, _ = _grade_with_frozen_kernels(tmp_path, None)
     assert outcome["error"].startswith("grading failed: no kernel answered"), outcome
     assert f"({runner.execute.kernel_attempts} kernels tried;" in outcome["error"]
     assert "grade this submission again" in outcome["error"]

@@ -66,10 +66,10 @@ class GuardedExecute(Execute):
     # by then is the grader's failure, never the learner's. On a loaded machine about 1 kernel
     # start in 50 to 150 leaves a request unread: the kernel sits idle in epoll_wait with its
     # sockets bound, with ipykernel 7.4 and 6.31 alike (ipython/ipykernel#1554 describes one such
-    # window), for 60 s and more. It is replaced, twice at most; when every
-    # kernel fails, the submission's grading stops with a grader's error (it is graded again next
-    # time), never a zero. `new_kernel_manager`, when set, starts the replacements (the grading
-    # pool's, so it can stop them); else nbclient does.
+    # window), for 60 s and more. It is replaced, twice at most; when every kernel fails, the
+    # submission's grading stops with a grader's error (it is graded again next time), never a
+    # zero. `new_kernel_manager`, when set, starts the replacements (the grading pool's, so it can
+    # stop them); else nbclient does.
     new_kernel_manager = Any(None, allow_none=True)
     kernel_attempts = Integer(3, help="Kernels tried before a submission's grading fails (none answered)").tag(config=True)
     kernel_info_wait = Integer(30, help="Seconds a started kernel has to answer before the first cell").tag(config=True)
@@ -106,8 +106,8 @@ class GuardedExecute(Execute):
             self.kc = None
 
     def _stopped(self, nb, resources, km, err):
-        """The submission's run ended early: say why in the notebook, grade what ran."""
-        # The student's kernel misbehaved; the class goes on.
+        """The submission's kernel misbehaved and its run ended early: say why in the notebook,
+        grade what ran, and let the class go on."""
         # A kernel the sandbox's watchdog stopped says which per-submission limit it crossed.
         # The manager is ours, or one the grading pool started ahead and handed in.
         manager = km if km is not None else getattr(self, "_sandboxed_manager", None)

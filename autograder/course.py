@@ -62,6 +62,11 @@ _ENGINES: collections.OrderedDict = collections.OrderedDict()  # (url, options) 
 _ENGINES_KEPT = 4  # gradebooks one process works on at once (one, for an instructor)
 _ENGINES_LOCK = threading.Lock()
 _new_engine = nbgrader_api.create_engine
+# How long a gradebook connection waits for another's lock (SQLite's own default: 5 s). Grading
+# workers read the gradebook while the parent writes it, and a Formgrader may be saving a manual
+# grade; one commit is milliseconds, but a busy disk can take seconds to flush it, and a reader
+# that gave up after 5 s failed a submission with "database is locked" (seen in CI).
+GRADEBOOK_LOCK_WAIT = 120
 
 
 def _shared_engine(url, **options):
@@ -69,8 +74,11 @@ def _shared_engine(url, **options):
     engine for every Gradebook() it opens (eight per autograded submission), and an engine's
     cache of compiled statements dies with it, so every query was compiled again; that was a
     third of recording a submission. Gradebook.close() still closes the connections (dispose()
-    empties the engine's pool; the next use opens new ones)."""
+    empties the engine's pool; the next use opens new ones). A SQLite gradebook's connections
+    wait up to GRADEBOOK_LOCK_WAIT seconds for a lock."""
     key = (str(url), tuple(sorted(options.items())))
+    if str(url).startswith("sqlite") and "connect_args" not in options:
+        options = {**options, "connect_args": {"timeout": GRADEBOOK_LOCK_WAIT}}
     with _ENGINES_LOCK:
         engine = _ENGINES.pop(key, None) or _new_engine(url, **options)
         _ENGINES[key] = engine
@@ -346,7 +354,7 @@ def backup_gradebook(paths: ClassPaths) -> Path | None:
     paths.backups.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     target = paths.backups / f"gradebook-{stamp}.db"
-    with sqlite3.connect(paths.gradebook) as src, sqlite3.connect(target) as dst:
+    with sqlite3.connect(paths.gradebook, timeout=GRADEBOOK_LOCK_WAIT) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     return target
 

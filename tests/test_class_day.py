@@ -1,15 +1,19 @@
 """An instructor's day, for real: the demo through nbgrader's exchange, regrading, manual grades,
 backups and resuming."""
 import csv
+import io
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from nbgrader.api import Gradebook
 
 from autograder import course, samples
+from autograder.progress import Progress
 from conftest import fixture_notebook, submit_directly, generated_course_copy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +97,37 @@ def test_every_grading_run_backs_up_the_gradebook(small_class):
     assert len(backups) >= 1
     with sqlite3.connect(backups[-1]) as con:
         assert con.execute("SELECT count(*) FROM grade").fetchone()[0] > 0
+
+
+def test_grading_waits_for_a_gradebook_that_another_program_is_writing(small_class):
+    """A Formgrader saving a manual grade, or a disk slow to flush, holds the gradebook's lock for a
+    while; grading waits for it, where SQLite's own 5 s wait failed submissions ('database is locked')."""
+    paths = small_class
+    held_for = 10  # seconds: twice SQLite's default wait
+    other_program = sqlite3.connect(paths.gradebook, isolation_level=None, check_same_thread=False)
+    release = threading.Timer(held_for, other_program.execute, ["COMMIT"])
+
+    class LockWhenGradingStarts(Progress):
+        def start(self, total, already=0):
+            # After the backup (which waits for a lock by itself), before any worker reads or the
+            # parent writes: no other connection may read or write until COMMIT.
+            other_program.execute("BEGIN EXCLUSIVE")
+            release.start()
+            super().start(total, already)
+
+    try:
+        started = time.monotonic()
+        results = {r.student: r for r in course.grade(paths, "ex01_pipeline",
+                                                      progress=LockWhenGradingStarts("grading", io.StringIO()))}
+        waited = time.monotonic() - started
+    finally:
+        if release.is_alive():
+            release.join()
+        other_program.close()
+    for case in ("correct", "partial"):
+        assert not results[case].error, results[case].error
+        assert results[case].score == pytest.approx(samples.load("ex01_pipeline", case).expected_points)
+    assert waited >= held_for, "the lock was not held while grading: the test proves nothing"
 
 
 def test_export_writes_every_student(small_class, tmp_path):

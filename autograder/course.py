@@ -65,7 +65,7 @@ _new_engine = nbgrader_api.create_engine
 # How long a gradebook connection waits for another's lock (SQLite's own default: 5 s). Grading
 # workers read the gradebook while the parent writes it, and a Formgrader may be saving a manual
 # grade; one commit is milliseconds, but a busy disk can take seconds to flush it, and a reader
-# that gave up after 5 s failed a submission with "database is locked" (seen in CI).
+# that gave up after 5 s failed a submission with "database is locked" (seen in a full test run).
 GRADEBOOK_LOCK_WAIT = 120
 
 

@@ -63,10 +63,12 @@ class GuardedExecute(Execute):
                                       "that each sleep just under the cell timeout cannot add up").tag(config=True)
 
     # Before the first cell none of the learner's code has run, so a kernel that does not answer
-    # by then is the grader's failure, never the learner's. On a loaded machine about 1 kernel
-    # start in 50 to 150 leaves a request unread: the kernel sits idle in epoll_wait with its
-    # sockets bound, with ipykernel 7.4 and 6.31 alike (ipython/ipykernel#1554 describes one such
-    # window), for 60 s and more. It is replaced, twice at most; when every kernel fails, the
+    # by then is the grader's failure, never the learner's. A kernel can leave a request unread
+    # and sit idle in epoll_wait for good (ipykernel 7.4 and 6.31 alike; ipython/ipykernel#1554
+    # describes one such window): on a loaded machine about 1 kernel start in 50 to 150 did, when
+    # the grading client connected while the kernel was busy with its warm-up. The grading pool no
+    # longer hands over a busy kernel (SubmissionRunner._finish_warm_up), and a kernel that still
+    # does not answer is replaced, twice at most; when every kernel fails, the
     # submission's grading stops with a grader's error (it is graded again next time), never a
     # zero. `new_kernel_manager`, when set, starts the replacements (the grading pool's, so it can
     # stop them); else nbclient does.

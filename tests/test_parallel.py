@@ -294,3 +294,39 @@ def test_a_submission_whose_kernels_never_answer_is_not_graded_and_says_so(tmp_p
     assert f"({runner.execute.kernel_attempts} kernels tried;" in outcome["error"]
     assert "grade this submission again" in outcome["error"]
     assert not runner.kernels and not (executed_root(paths) / "correct" / A).exists()
+
+
+def test_a_kernel_started_ahead_is_handed_over_only_once_its_warm_up_has_answered(tmp_path, monkeypatch):
+    """A kernel started ahead imports the notebook's modules while the previous submission runs.
+    The next submission's client connects only once that warm-up has answered: a client that
+    connects while the kernel is busy can have its first request left unread for good."""
+    from autograder import pool
+    warm_up_seconds = 8  # longer than grading the first submission takes
+    slow = pool._preload_code
+    monkeypatch.setattr(pool, "_preload_code", lambda modules: f"__import__('time').sleep({warm_up_seconds})\n"
+                                                               + slow(modules))
+    paths = generated_course_copy(tmp_path, A)
+    for student in ("first", "second"):
+        submit_directly(paths, student, A, fixture_notebook(paths, A, "correct"))
+    runner = pool.SubmissionRunner(paths, A)
+    warm_up_sent, client_connected = [], []
+    warm_up, preprocess = runner._warm_up, runner.execute.preprocess
+
+    def timed_warm_up(km):
+        warm_up_sent.append(time.monotonic())
+        warm_up(km)
+
+    def timed_preprocess(nb, resources=None, km=None):
+        client_connected.append(time.monotonic())
+        return preprocess(nb, resources, km=km)
+
+    runner._warm_up, runner.execute.preprocess = timed_warm_up, timed_preprocess
+    try:
+        outcomes = [runner.run("first"), runner.run("second", prewarm=False)]
+    finally:
+        runner.close()
+    assert [(o["error"], o["incidents"]) for o in outcomes] == [("", []), ("", [])], outcomes
+    assert len(warm_up_sent) == 1 and len(client_connected) == 2
+    assert client_connected[1] - warm_up_sent[0] >= warm_up_seconds, \
+        "the second submission's client connected while its kernel was still warming up"
+    assert not runner.kernels

@@ -8,6 +8,7 @@ the autograded notebook, the gradebook rows and a SubmissionResult.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -66,7 +67,9 @@ _new_engine = nbgrader_api.create_engine
 # workers read the gradebook while the parent writes it, and a Formgrader may be saving a manual
 # grade; one commit is milliseconds, but a busy disk can take seconds to flush it, and a reader
 # that gave up after 5 s failed a submission with "database is locked" (seen in a full test run).
-GRADEBOOK_LOCK_WAIT = 120
+# Not much longer: a program that keeps the lock (an sqlite3 shell inside a transaction, a
+# stopped nbgrader) would cost this much per submission; `grade` checks for one before it starts.
+GRADEBOOK_LOCK_WAIT = 30
 
 
 def _shared_engine(url, **options):
@@ -347,15 +350,48 @@ def _read_back(paths: ClassPaths, result: SubmissionResult) -> None:
                                                manual=grade.auto_score is None))
 
 
+def gradebook_locked(paths: ClassPaths) -> str:
+    """What to tell an instructor whose gradebook another program keeps locked."""
+    return (f"the gradebook {paths.gradebook} stayed locked by another program for over {GRADEBOOK_LOCK_WAIT} s "
+            f"(an sqlite3 shell inside a transaction, or a stopped or hung nbgrader or Formgrader?); "
+            f"close that program, then grade again")
+
+
+def _gradebook_error(paths: ClassPaths, err: sqlite3.Error) -> AutograderError:
+    if "locked" in str(err) or "busy" in str(err):
+        return AutograderError(gradebook_locked(paths))
+    return AutograderError(f"the gradebook {paths.gradebook} cannot be written ({err}); check the file and its "
+                           f"folder's permissions, or restore it from {paths.backups}")
+
+
+def check_gradebook_writable(paths: ClassPaths) -> None:
+    """Fail before grading, with a clear message, when another program keeps the gradebook's write
+    lock (waiting up to GRADEBOOK_LOCK_WAIT for it), rather than fail every submission one by one."""
+    if not paths.gradebook.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(paths.gradebook, timeout=GRADEBOOK_LOCK_WAIT)) as con:
+            con.execute("BEGIN IMMEDIATE")  # the write lock, released at once
+            con.rollback()
+    except sqlite3.Error as err:
+        raise _gradebook_error(paths, err) from err
+
+
 def backup_gradebook(paths: ClassPaths) -> Path | None:
-    """Copy the gradebook aside (SQLite's online backup, safe even mid-write)."""
+    """Copy the gradebook aside, consistent even mid-write. VACUUM INTO, not the backup API:
+    Python's Connection.backup retries a locked database for ever, deaf to Ctrl-C; a statement
+    waits GRADEBOOK_LOCK_WAIT at most."""
     if not paths.gradebook.is_file():
         return None
     paths.backups.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     target = paths.backups / f"gradebook-{stamp}.db"
-    with sqlite3.connect(paths.gradebook, timeout=GRADEBOOK_LOCK_WAIT) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
+    try:
+        with contextlib.closing(sqlite3.connect(paths.gradebook, timeout=GRADEBOOK_LOCK_WAIT)) as src:
+            src.execute("VACUUM INTO ?", (str(target),))
+    except sqlite3.Error as err:
+        target.unlink(missing_ok=True)
+        raise _gradebook_error(paths, err) from err
     return target
 
 
@@ -413,6 +449,7 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
     if jobs is not None and jobs < 1:
         raise AutograderError(f"--jobs must be at least 1 (got {jobs})")
     prepare_reference(paths, assignment)
+    check_gradebook_writable(paths)
     backup_gradebook(paths)
     shared = _shared_inputs_digest(paths, assignment)
     names = [student] if student else collected

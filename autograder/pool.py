@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import shutil
 import signal
 import sys
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 import nbformat
+import sqlalchemy.exc
 from jupyter_core.utils import run_sync
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import SaveAutoGrades
@@ -175,6 +177,7 @@ class SubmissionRunner:
         if not self.preload:
             return
         client = km.client()
+        km._cicd_warm_up = (client, None)  # so that _stop_kernel stops its channels whatever happens next
         client.start_channels()
         km._cicd_warm_up = (client, client.execute(_preload_code(self.preload), silent=True, store_history=False))
 
@@ -193,8 +196,12 @@ class SubmissionRunner:
         try:
             while time.monotonic() < deadline:
                 try:
-                    reply = run_sync(client.get_shell_msg)(timeout=max(0.1, deadline - time.monotonic()))
-                except Exception:  # nothing came in time (queue.Empty), or the kernel is gone
+                    reply = run_sync(client.get_shell_msg)(timeout=1)
+                except queue.Empty:  # a kernel that died meanwhile never answers: do not wait for it
+                    if not run_sync(km.is_alive)():
+                        return False
+                    continue
+                except Exception:
                     return False
                 if reply.get("parent_header", {}).get("msg_id") == msg_id:
                     return True
@@ -286,6 +293,8 @@ class SubmissionRunner:
             outcome["error"] = str(err)
         except Exception as err:  # a fault of the grader, not of the student: say which
             outcome["error"] = f"grading failed: {type(err).__name__}: {str(err).strip()[:300]}"
+            if "database is locked" in str(err):  # nbgrader's sanitizing reads the gradebook
+                outcome["error"] = f"grading failed: {course.gradebook_locked(self.paths)}"
         return outcome
 
     def close(self) -> None:
@@ -325,9 +334,17 @@ class Recorder:
             if not result.error:
                 done = self.api.autograde(self.assignment, result.student, force=True, create=True)
                 if not done.get("success"):
-                    lines = (done.get("error") or done.get("log") or "").strip().splitlines()
+                    text = (done.get("error") or done.get("log") or "").strip()
+                    lines = text.splitlines()
                     result.error = "grading failed: " + (lines[-1] if lines else "no details from nbgrader")
-            course._read_back(self.paths, result)
+                    if "database is locked" in text:  # nbgrader's own last line blames its schema
+                        result.error = f"grading failed: {course.gradebook_locked(self.paths)}"
+            try:
+                course._read_back(self.paths, result)
+            except sqlalchemy.exc.OperationalError as err:
+                if "database is locked" not in str(err):
+                    raise
+                result.error = result.error or f"grading failed: {course.gradebook_locked(self.paths)}"
         finally:
             shutil.rmtree(executed, ignore_errors=True)
             try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from nbgrader.api import Gradebook
 
-from autograder import course, samples
+from autograder import AutograderError, course, samples
 from autograder.progress import Progress
 from conftest import fixture_notebook, submit_directly, generated_course_copy
 
@@ -128,6 +128,28 @@ def test_grading_waits_for_a_gradebook_that_another_program_is_writing(small_cla
         assert not results[case].error, results[case].error
         assert results[case].score == pytest.approx(samples.load("ex01_pipeline", case).expected_points)
     assert waited >= held_for, "the lock was not held while grading: the test proves nothing"
+
+
+@pytest.mark.parametrize("lock", ["IMMEDIATE", "EXCLUSIVE"])
+def test_a_gradebook_another_program_keeps_locked_stops_grading_with_a_clear_error(small_class, monkeypatch, lock):
+    """An sqlite3 shell left inside a transaction, or a stopped nbgrader, keeps the lock: `grade`
+    says so before it starts, instead of failing every submission one by one (or, with an
+    exclusive lock, hanging in the backup for ever)."""
+    paths = small_class
+    monkeypatch.setattr(course, "GRADEBOOK_LOCK_WAIT", 2)
+    other_program = sqlite3.connect(paths.gradebook, isolation_level=None)
+    other_program.execute(f"BEGIN {lock}")
+    try:
+        started = time.monotonic()
+        with pytest.raises(AutograderError, match="stayed locked by another program") as raised:
+            course.grade(paths, "ex01_pipeline")
+        assert time.monotonic() - started < 30
+    finally:
+        other_program.execute("ROLLBACK")
+        other_program.close()
+    assert str(paths.gradebook) in str(raised.value) and "then grade again" in str(raised.value)
+    assert not list((paths.class_dir / "state").rglob("*.json")), "nothing may be recorded as graded"
+    assert {r.student: r.error for r in course.grade(paths, "ex01_pipeline")} == {"correct": "", "partial": ""}
 
 
 def test_export_writes_every_student(small_class, tmp_path):

@@ -330,3 +330,26 @@ def test_a_kernel_started_ahead_is_handed_over_only_once_its_warm_up_has_answere
     assert client_connected[1] - warm_up_sent[0] >= warm_up_seconds, \
         "the second submission's client connected while its kernel was still warming up"
     assert not runner.kernels
+
+
+def test_a_kernel_started_ahead_that_dies_while_warming_up_is_replaced_at_once(tmp_path, monkeypatch):
+    """Waiting for the warm-up must not mean waiting for a kernel that is gone."""
+    from autograder import pool
+    slow = pool._preload_code
+    monkeypatch.setattr(pool, "_preload_code", lambda modules: "__import__('time').sleep(30)\n" + slow(modules))
+    paths = generated_course_copy(tmp_path, A)
+    for student in ("first", "second"):
+        submit_directly(paths, student, A, fixture_notebook(paths, A, "correct"))
+    runner = pool.SubmissionRunner(paths, A)
+    try:
+        first = runner.run("first")
+        assert runner.spare is not None
+        runner._kill(runner.spare)  # its whole sandbox, in the middle of its warm-up
+        started = time.monotonic()
+        second = runner.run("second", prewarm=False)
+        took = time.monotonic() - started
+    finally:
+        runner.close()
+    assert [(o["error"], o["incidents"]) for o in (first, second)] == [("", []), ("", [])], (first, second)
+    assert took < 25, f"the next submission waited {took:.0f} s for a dead kernel"
+    assert not runner.kernels

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def grade_table(results) -> str:
     rows = [("student", "assignment", "score", "notes")]
     for r in results:
-        score = f"{r.score:g} / {r.max_score:g}" + (" (+manual)" if r.needs_manual_grade else "")
+        score = "not graded" if r.error else \
+            f"{r.score:g} / {r.max_score:g}" + (" (+manual)" if r.needs_manual_grade else "")
         rows.append((r.student, r.assignment, score, r.reason + ("  [unchanged since last grading]" if r.skipped else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join("  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows)

@@ -245,6 +245,8 @@ class SubmissionResult:
         """One line an instructor can read in a table: notes, then each failed cell and the
         first line of why it failed."""
         if self.error:
+            if self.max_score:  # read back from the gradebook: what an earlier grading recorded
+                return f"{self.error}; the gradebook still holds {self.score:g} / {self.max_score:g} from an earlier grading"
             return self.error
         by_reason: dict[str, list[str]] = {}  # cells failing for the same reason share it
         for cell in self.failed_cells:

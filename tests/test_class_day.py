@@ -13,6 +13,8 @@ import pytest
 from nbgrader.api import Gradebook
 
 from autograder import AutograderError, course, samples
+from autograder.cli import grade_table
+from autograder.pool import Recorder
 from autograder.progress import Progress
 from conftest import fixture_notebook, submit_directly, generated_course_copy
 
@@ -87,6 +89,13 @@ def test_regrading_is_idempotent_resumes_and_keeps_manual_grades(small_class):
     resumed = {r.student: r for r in course.grade(paths, "ex01_pipeline")}
     assert resumed["correct"].skipped and not resumed["partial"].skipped
     assert resumed["partial"].score == first["partial"]
+    # A regrade the grader fails on (here: no kernel answered) keeps the earlier grade and says so.
+    failed = Recorder(paths, "ex01_pipeline").record(
+        {"student": "partial", "notes": [], "isolation": "", "error": "grading failed: no kernel answered"})
+    assert failed.score == first["partial"] and failed.error
+    assert f"the gradebook still holds {first['partial']:g} / " in grade_table([failed])
+    assert "not graded" in grade_table([failed])
+    assert {r.student: r.score for r in course.grade(paths, "ex01_pipeline")}["partial"] == first["partial"]
 
 
 def test_every_grading_run_backs_up_the_gradebook(small_class):

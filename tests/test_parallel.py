@@ -136,6 +136,18 @@ def test_grade_table_gives_the_first_line_of_each_reason():
     assert "more detail" not in table and "test_b" not in table
 
 
+def test_grade_table_never_shows_a_failed_grading_as_a_score():
+    """A submission the grader failed on is 'not graded'; a score the gradebook kept from an
+    earlier grading is named as such, not shown as this run's result."""
+    from autograder.cli import grade_table
+    first_time = course.SubmissionResult("ada", A, error="grading failed: no kernel answered")
+    regraded = course.SubmissionResult("alan", A, score=8, max_score=10, error="grading failed: no kernel answered")
+    lines = grade_table([first_time, regraded]).splitlines()[1:]
+    assert all("not graded" in line and "/ " not in line.split("grading failed")[0] for line in lines), lines
+    assert "still holds" not in lines[0]
+    assert lines[1].endswith("grading failed: no kernel answered; the gradebook still holds 8 / 10 from an earlier grading")
+
+
 def test_progress_off_a_terminal_prints_a_plain_line_every_few_seconds():
     now = [0.0]
     out = io.StringIO()

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("assignment")
     p.add_argument("--student", help="grade only this student")
     p.add_argument("--force", action="store_true",
-                   help="regrade even submissions already graded from identical inputs")
+                   help="regrade even submissions already graded from identical inputs (run again "
+                        "after an interruption, it resumes)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="grade N submissions at a time, each in its own sandbox (default: one per core)")
     _common(p)
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="only this student")
     _common(p)
     p = verbs.add_parser("export", help="write all grades to a CSV file")
-    p.add_argument("--to", type=Path, default=Path("grades.csv"), help="CSV path (default: grades.csv)")
+    p.add_argument("--to", type=Path, default=None,
+                   help="CSV path (default: grades.csv in the class folder, next to the gradebook)")
     _common(p)
     p = verbs.add_parser("lint", help="run negative controls: refuse test cells a worthless answer passes")
     p.add_argument("assignment")
@@ -145,6 +147,9 @@ def _run(args) -> int:
         # Said once, before grading: a limit this machine cannot hold per submission (or a bad CICD_*_LIMIT).
         for line in sandbox.enforcement_report():
             print(f"WARNING: {line}", file=sys.stderr)
+        if args.jobs is not None and args.jobs > course.default_jobs():
+            print(f"WARNING: --jobs {args.jobs} is more than the {course.default_jobs()} core(s) here: grading gets "
+                  f"no faster, and each job holds up to two kernels in memory at once", file=sys.stderr)
         from .class_report import write_report
         from .pool import Interrupted
         from .progress import Progress
@@ -152,7 +157,8 @@ def _run(args) -> int:
             results = course.grade(paths, args.assignment, args.student, force=args.force, jobs=args.jobs,
                                    progress=Progress(f"grading {args.assignment}"))
         except (Interrupted, KeyboardInterrupt):
-            print("interrupted: what was graded is saved; run the same command again to grade the rest",
+            print("interrupted: what was graded is saved; run the same command again to grade the rest"
+                  + (" (a forced regrade resumes: what it regraded is not run again)" if args.force else ""),
                   file=sys.stderr)
             return 130
         print(grade_table(results))
@@ -189,5 +195,5 @@ def _run(args) -> int:
             print("Judge each survivor: an equivalent change needs no test; any other shows a bug the hidden "
                   "tests would let through.")
     elif args.verb == "export":
-        print(f"grades written to {course.export(paths, args.to)}")
+        print(f"grades written to {course.export(paths, args.to or paths.class_dir / 'grades.csv').resolve()}")
     return 0

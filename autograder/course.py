@@ -362,6 +362,9 @@ def gradebook_locked(paths: ClassPaths) -> str:
 def _gradebook_error(paths: ClassPaths, err: sqlite3.Error) -> AutograderError:
     if "locked" in str(err) or "busy" in str(err):
         return AutograderError(gradebook_locked(paths))
+    if "not a database" in str(err) or "malformed" in str(err):
+        return AutograderError(f"the gradebook {paths.gradebook} is damaged ({err}); copy the newest backup from "
+                               f"{paths.backups} over it, then grade again (what it lacks is graded again)")
     return AutograderError(f"the gradebook {paths.gradebook} cannot be written ({err}); check the file and its "
                            f"folder's permissions, or restore it from {paths.backups}")
 
@@ -435,12 +438,16 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
           on_result: Callable[[SubmissionResult], None] | None = None) -> list[SubmissionResult]:
     """Grade the class (or one student), `jobs` submissions at a time (default: one per core).
 
-    A submission already graded from identical inputs is not graded again unless `force`, so an
-    interrupted run resumes where it stopped. `progress` (autograder.progress.Progress) is told
+    A submission already graded from identical inputs (and still in the gradebook) is not graded
+    again unless `force`, so an interrupted run resumes where it stopped; an interrupted forced
+    run, run again with `force`, resumes too. `progress` (autograder.progress.Progress) is told
     about each submission as it is recorded. On Ctrl-C, raises autograder.pool.Interrupted after
     a clean stop; every submission recorded until then stays recorded."""
     from .pool import grade_many
     require_assignment(paths, assignment)
+    if not paths.class_dir.is_dir():  # a mistyped --class-dir: `collect` would start a new class there
+        raise AutograderError(f"the class folder {paths.class_dir} does not exist; check --class-dir "
+                              f"(or CICD_CLASS_DIR)")
     collected = students_collected(paths, assignment)
     if not collected:
         raise AutograderError(f"nothing has been collected for '{assignment}' yet; "
@@ -450,18 +457,24 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
                               f"collected: {', '.join(collected)}")
     if jobs is not None and jobs < 1:
         raise AutograderError(f"--jobs must be at least 1 (got {jobs})")
-    prepare_reference(paths, assignment)
     check_gradebook_writable(paths)
+    require_in_gradebook(paths, assignment)
+    prepare_reference(paths, assignment)
     backup_gradebook(paths)
     shared = _shared_inputs_digest(paths, assignment)
     names = [student] if student else collected
+    forced_run = _forced_run(paths, assignment, student) if force else None
+    # The state says what was graded from which inputs; the gradebook must still hold it (one put
+    # back from an older backup may not).
+    recorded_before = students_in_gradebook(paths, assignment)
     results: dict[str, SubmissionResult] = {}
     fingerprints, pending = {}, []
     for name in names:
         state = _state_file(paths, assignment, name)
         fingerprints[name] = inputs_fingerprint(paths, assignment, name, shared)
         saved = json.loads(state.read_text()) if state.is_file() else {}
-        if not force and saved.get("inputs") == fingerprints[name]:
+        if saved.get("inputs") == fingerprints[name] and name in recorded_before \
+                and (not force or saved.get("forced_run") == forced_run):
             result = SubmissionResult(name, assignment, skipped=True, notes=saved.get("notes", []),
                                       isolation=saved.get("isolation", ""),
                                       incidents=saved.get("incidents", []))
@@ -477,7 +490,8 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
             state = _state_file(paths, assignment, result.student)
             state.parent.mkdir(parents=True, exist_ok=True)
             state.write_text(json.dumps({"inputs": fingerprints[result.student], "notes": result.notes,
-                                         "isolation": result.isolation, "incidents": result.incidents}))
+                                         "isolation": result.isolation, "incidents": result.incidents,
+                                         "forced_run": forced_run}))
         results[result.student] = result
         if progress is not None:
             progress.advance(failed=bool(result.error or result.incidents))
@@ -491,7 +505,53 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
         finally:
             if progress is not None:
                 progress.finish()
+    if force:  # complete: the next forced run regrades everyone again
+        _forced_run_file(paths, assignment).unlink(missing_ok=True)
     return [results[name] for name in names if name in results]
+
+
+def _forced_run_file(paths: ClassPaths, assignment: str) -> Path:
+    return paths.class_dir / "state" / f"{assignment}.forced-run.json"
+
+
+def _forced_run(paths: ClassPaths, assignment: str, student: str | None) -> str:
+    """The id of this forced regrade: that of an interrupted one over the same students, which
+    this run then resumes (a submission it regraded from the same inputs is not run again), or a
+    new one. The file is removed once a forced run completes."""
+    marker = _forced_run_file(paths, assignment)
+    try:
+        previous = json.loads(marker.read_text())
+        if previous.get("student") == student and isinstance(previous.get("id"), str):
+            return previous["id"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    run_id = os.urandom(8).hex()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"id": run_id, "student": student}))
+    return run_id
+
+
+def require_in_gradebook(paths: ClassPaths, assignment: str) -> None:
+    """Fail before grading when the gradebook does not hold the assignment's notebooks (never
+    generated in this class, or an empty or older gradebook put back): nbgrader would fail every
+    submission with MissingEntry."""
+    released = notebooks_of(paths, assignment)
+    held = set()
+    if paths.gradebook.is_file() and paths.gradebook.stat().st_size:
+        with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
+            try:
+                held = {nb.name for nb in gb.find_assignment(assignment).notebooks}
+            except MissingEntry:
+                pass
+    if not released or not set(released) <= held:
+        raise AutograderError(f"{assignment} is not in the gradebook {paths.gradebook}; record it with "
+                              f"`python -m autograder release {assignment}` (with the same --class-dir), "
+                              f"then grade again")
+
+
+def students_in_gradebook(paths: ClassPaths, assignment: str) -> set[str]:
+    with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
+        return {sub.student_id for sub in gb.assignment_submissions(assignment)}
 
 
 # --- feedback and export ---------------------------------------------------------------------

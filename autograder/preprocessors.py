@@ -117,10 +117,11 @@ class GuardedExecute(Execute):
         if not stopped and time.monotonic() >= self._deadline - 1:
             stopped = (f"the notebook ran past its total time limit of {self.total_timeout} s "
                        f"(all cells together) and was stopped")
-        message = f"{stopped}; later cells did not run" if stopped else _incident(err)
-        self.log.warning("Execution stopped: %s", message)
         index = self._running_cell
         target = nb.cells[index] if index is not None and index < len(nb.cells) else None
+        message = f"{stopped}; later cells did not run" if stopped else \
+            _incident(err, self.timeout, target.get("id") if target is not None else None)
+        self.log.warning("Execution stopped: %s", message)
         if target is not None and target.get("cell_type") == "code":
             target.outputs.append(_error_output("ExecutionStopped", message))
         nb.metadata.setdefault("cicd_grading", {})["incident"] = message
@@ -177,13 +178,15 @@ def _bounded_error(content) -> dict:
             "traceback": [str(line)[:2_000] for line in lines]}
 
 
-def _incident(err: Exception) -> str:
+def _incident(err: Exception, cell_timeout=None, cell_id=None) -> str:
     name = type(err).__name__
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if "DeadKernel" in name or "died" in text.lower():
         return "the notebook's kernel died (it crashed, was killed or ran out of memory); later cells did not run"
     if "Timeout" in name or "timed out" in text.lower():
-        return "the notebook ran past its time limit and was stopped; later cells did not run"
+        which = f"cell '{cell_id}'" if isinstance(cell_id, str) and cell_id else "a cell"
+        limit = f" of {cell_timeout} s per cell" if cell_timeout else ""
+        return f"the notebook ran past its time limit{limit} ({which} was still running) and was stopped; later cells did not run"
     return f"the notebook could not be run to the end ({name}: {text[:200]})"
 
 

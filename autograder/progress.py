@@ -6,6 +6,7 @@ never goes quiet for long.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -21,10 +22,11 @@ def _duration(seconds: float) -> str:
 
 class Progress:
     def __init__(self, label: str, stream=None, interval: float = 5.0, width: int = 28,
-                 terminal: bool | None = None, clock=time.monotonic):
+                 terminal: bool | None = None, clock=time.monotonic, columns=None):
         self.label, self.interval, self.width, self.clock = label, interval, width, clock
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.columns = columns or self._terminal_columns
         self.total = self.done = self.failed = self.already = 0
         self.started = self.last_shown = 0.0
 
@@ -58,9 +60,20 @@ class Progress:
         parts.append(f"{self.failed} failed to run" if self.failed else "no failures")
         text = ", ".join(parts)
         if self.terminal:
-            filled = int(self.width * self.done / self.total) if self.total else self.width
-            return f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {text}"
+            # One row: a line wider than the terminal wraps, and \r redraws only its last row.
+            room = self.columns() - 1
+            width = min(self.width, room - len(self.label) - len(text) - 4)
+            if width < 5:
+                return (f"{self.label}: {text}")[:room]
+            filled = int(width * self.done / self.total) if self.total else width
+            return f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {text}"
         return f"{self.label}: {text} ({_duration(elapsed)} elapsed)"
+
+    def _terminal_columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (AttributeError, OSError, ValueError):  # not a real terminal (a test's StringIO)
+            return 80
 
     def _show(self, force: bool, final: bool = False) -> None:
         now = self.clock()

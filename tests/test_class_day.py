@@ -96,6 +96,30 @@ def test_regrading_is_idempotent_resumes_and_keeps_manual_grades(small_class):
     assert f"the gradebook still holds {first['partial']:g} / " in grade_table([failed])
     assert "not graded" in grade_table([failed])
     assert {r.student: r.score for r in course.grade(paths, "ex01_pipeline")}["partial"] == first["partial"]
+    # A gradebook put back from an older backup no longer holds a grade the state says was
+    # recorded: that submission is graded again, not shown as 0 / 0 "unchanged".
+    with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
+        gb.remove_submission("ex01_pipeline", "partial")
+    restored = {r.student: r for r in course.grade(paths, "ex01_pipeline")}
+    assert restored["correct"].skipped and not restored["partial"].skipped
+    assert restored["partial"].score == first["partial"] and restored["partial"].max_score > 0
+
+
+def test_an_interrupted_forced_regrade_resumes_where_it_stopped(small_class):
+    """`grade --force` stopped by Ctrl-C, then run again as the message says: it regrades only
+    the submissions the stopped run had not reached; a run after a complete one regrades all."""
+    paths = small_class
+    course.grade(paths, "ex01_pipeline")
+
+    def stop_after_the_first(result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        course.grade(paths, "ex01_pipeline", force=True, jobs=1, on_result=stop_after_the_first)
+    resumed = course.grade(paths, "ex01_pipeline", force=True, jobs=1)
+    assert sorted(r.skipped for r in resumed) == [False, True], [(r.student, r.skipped) for r in resumed]
+    assert all(not r.error and r.max_score > 0 for r in resumed)
+    assert not any(r.skipped for r in course.grade(paths, "ex01_pipeline", force=True, jobs=1))
 
 
 def test_every_grading_run_backs_up_the_gradebook(small_class):
@@ -161,9 +185,16 @@ def test_a_gradebook_another_program_keeps_locked_stops_grading_with_a_clear_err
     assert {r.student: r.error for r in course.grade(paths, "ex01_pipeline")} == {"correct": "", "partial": ""}
 
 
-def test_export_writes_every_student(small_class, tmp_path):
+def test_export_writes_every_student(small_class, tmp_path, capsys, monkeypatch):
     paths = small_class
     course.grade(paths, "ex01_pipeline")
     target = course.export(paths, tmp_path / "out" / "grades.csv")
     rows = list(csv.DictReader(target.open()))
     assert {r["student_id"] for r in rows} == {"correct", "partial"}
+    # Without --to, next to the gradebook (not into the folder it is run from, a repository's root).
+    from autograder import cli
+    monkeypatch.chdir(tmp_path / "out")
+    assert cli.main(["export", "--class-dir", str(paths.class_dir)]) == 0
+    assert f"grades written to {paths.class_dir / 'grades.csv'}" in capsys.readouterr().out
+    assert (paths.class_dir / "grades.csv").read_text() == target.read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grades.csv"]

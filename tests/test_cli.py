@@ -52,9 +52,62 @@ def test_unknown_assignment_is_named_with_the_known_ones(tmp_path, capsys, monke
 
 
 def test_grading_before_collecting_says_what_to_run(tmp_path, capsys, monkeypatch):
+    (tmp_path / "class").mkdir()
     out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--class-dir", str(tmp_path / "class"))
     assert out.returncode == 2
     assert "collect ex02_data_gate" in out.stderr
+
+
+def test_grading_a_class_folder_that_does_not_exist_says_so(tmp_path, capsys, monkeypatch):
+    """A mistyped --class-dir: told so, not sent to `collect`, which would start a class there."""
+    out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--class-dir", str(tmp_path / "clas"))
+    assert out.returncode == 2
+    assert f"{tmp_path / 'clas'} does not exist" in out.stderr and "--class-dir" in out.stderr
+    assert "collect" not in out.stderr and not (tmp_path / "clas").exists()
+
+
+def test_a_damaged_gradebook_is_named_with_the_way_back(tmp_path, capsys, monkeypatch):
+    from conftest import submit_directly
+    from autograder.config import ClassPaths
+    import nbformat
+    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
+    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
+    submit_directly(paths, "ada", "ex02_data_gate", nb)
+    paths.gradebook.write_bytes(b"this is no SQLite file " * 100)
+    out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--class-dir", str(paths.class_dir))
+    assert out.returncode == 2
+    assert f"the gradebook {paths.gradebook} is damaged" in out.stderr and str(paths.backups) in out.stderr
+    assert "permissions" not in out.stderr
+    assert paths.gradebook.read_bytes() == b"this is no SQLite file " * 100, "the damaged file is left as it was"
+
+
+def test_more_jobs_than_cores_is_warned_about(tmp_path, capsys, monkeypatch):
+    (tmp_path / "class").mkdir()
+    out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--jobs", "99", "--class-dir", str(tmp_path / "class"))
+    assert "WARNING: --jobs 99 is more than the" in out.stderr and "no faster" in out.stderr
+    out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--jobs", "1", "--class-dir", str(tmp_path / "class"))
+    assert "--jobs" not in out.stderr
+
+
+def test_grading_an_assignment_the_gradebook_does_not_hold_says_to_release_it(tmp_path, capsys, monkeypatch):
+    """Submissions but no release in this class (or an empty gradebook put back): one clear error
+    before anything runs, not a MissingEntry for every student (or, with two workers, one racing
+    the other to create the gradebook's tables)."""
+    from conftest import submit_directly
+    from autograder.config import ClassPaths
+    import nbformat
+    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
+    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
+    for student in ("ada", "alan"):
+        submit_directly(paths, student, "ex02_data_gate", nb)
+    for gradebook in ("none", "empty file"):
+        if gradebook == "empty file":
+            paths.gradebook.write_bytes(b"")
+        out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--class-dir", str(paths.class_dir))
+        assert out.returncode == 2, out
+        assert "ex02_data_gate is not in the gradebook" in out.stderr
+        assert "python -m autograder release ex02_data_gate" in out.stderr
+        assert not (paths.class_dir / "state").exists() and not paths.autograded.exists()
 
 
 def test_feedback_before_grading_says_what_to_run(tmp_path, capsys, monkeypatch):

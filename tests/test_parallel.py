@@ -188,6 +188,19 @@ def own_processes(marker: str) -> list[str]:
     return found
 
 
+def test_progress_on_a_narrow_terminal_fits_one_line():
+    """A bar wider than the terminal wraps, and \\r only redraws its last row: the screen fills
+    with stale copies of it."""
+    out = io.StringIO()
+    progress = Progress("grading ex06_ci_script", stream=out, terminal=True, clock=lambda: 1.0, columns=lambda: 60)
+    progress.start(300)
+    for _ in range(7):
+        progress.advance(failed=True)
+    drawn = [line.replace("\x1b[2K", "") for line in out.getvalue().replace("\n", "\r").split("\r") if line]
+    assert drawn and all(len(line) < 60 for line in drawn), drawn
+    assert "7/300 graded" in drawn[-1]
+
+
 def test_ctrl_c_stops_cleanly_and_the_rerun_grades_only_what_is_left(tmp_path):
     paths = build_class(tmp_path / "course")
     # The grader's own temporary folder, to see what it leaves behind. A short path: kernels'

@@ -493,6 +493,18 @@ def test_a_course_kept_inside_a_shared_system_folder_stays_hidden(tmp_path):
         shutil.rmtree(clone, ignore_errors=True)
 
 
+def test_a_cell_time_limit_says_which_cell_and_how_long():
+    """The instructor and the learner read which cell was stopped and after how long, not only
+    that a limit was hit."""
+    from nbclient.exceptions import CellTimeoutError
+    from autograder.preprocessors import _incident
+    message = _incident(CellTimeoutError("A cell timed out while it was being executed, after 60 seconds."),
+                        60, "train-model")
+    assert "time limit of 60 s per cell" in message and "cell 'train-model'" in message
+    assert "later cells did not run" in message
+    assert "a cell was still running" in _incident(TimeoutError("timed out"), None, None)
+
+
 def test_cells_that_sleep_cannot_add_up_past_the_notebooks_total_time(tmp_path):
     """Sleeping costs no CPU, and each cell stayed under the cell timeout: a learner's extra cells
     could hold the grader (and the class queued behind it) for as long as they liked."""

@@ -202,6 +202,23 @@ def test_an_unactivated_virtual_environment_still_releases(tmp_path):
     assert (tmp_path / "class" / "gradebook.db").is_file()
 
 
+def test_a_class_kept_elsewhere_leaves_no_class_folder_in_the_repository(tmp_path):
+    """The course's nbgrader config makes its default class folder for nbgrader's own commands;
+    grading a class given with --class-dir must not leave an empty class/ in the repository."""
+    import os
+    import shutil
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "autograder", root / "autograder", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("CICD_CLASS_DIR", "CICD_EXCHANGE")}
+    code = ("from autograder.config import ClassPaths, load_course_config; import sys; "
+            "c = load_course_config(ClassPaths.resolve(sys.argv[1])); print(c.CourseDirectory.db_url)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "elsewhere")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert str(tmp_path / "elsewhere" / "gradebook.db") in out.stdout
+    assert not (root / "class").exists()
+
+
 def test_nbgrader_own_command_line_uses_the_course_config(tmp_path):
     """Instructors may also call `nbgrader` directly from the repository root (the root
     nbgrader_config.py loads autograder/nbgrader_config.py)."""

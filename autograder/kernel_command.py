@@ -7,6 +7,10 @@ against 0.32 CPU-s on 2 busy cores: `python benchmarks/kernel_start.py`). With d
 as missing, ipykernel starts without a debugger, as it does wherever debugpy is not installed.
 Learners' own kernels, started by JupyterLab from the kernelspec, keep it.
 
+The kernel process's own stdout and stderr are dropped: only noise reaches them (ipykernel's
+warning that it has no debugger; rarely, a libzmq assertion as a kernel stops), and the output
+of its cells travels over its sockets.
+
 A kernel that runs on the host (a reference solution, lint's controls) can also be given its own
 temporary folder: exercises make scratch folders with `tempfile`, and on the host's /tmp every
 run of them would leave its folders behind (the sandbox's /tmp disappears with the sandbox).
@@ -14,6 +18,7 @@ run of them would leave its folders behind (the sandbox's /tmp disappears with t
 from __future__ import annotations
 
 import os
+import subprocess
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -42,6 +47,11 @@ class GradingKernelManager(AsyncKernelManager):
     async def _async_pre_start_kernel(self, **kw):
         if self.tmpdir:
             kw["env"] = {**kw.get("env", os.environ), "TMPDIR": self.tmpdir}
+        # The kernel process's own output is noise on the instructor's terminal (ipykernel's
+        # warning that it has no debugger, a libzmq assertion as a kernel stops): what its
+        # cells print travels over its sockets. Sandboxed kernels drop it too.
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
         return await super()._async_pre_start_kernel(**kw)
 
     def format_kernel_cmd(self, extra_arguments=None):

@@ -39,3 +39,19 @@ def test_what_a_reference_run_makes_with_tempfile_is_gone_after_it(tmp_path):
     made = Path(reference.execute_in_copy(folder / "exercise.ipynb").cells[0].outputs[0]["text"].strip())
     assert made.name.startswith("cicd-litter-") and made.parent.name == "tmp"
     assert not made.exists() and not made.parent.exists()
+
+
+def test_a_kernel_process_writes_nothing_to_the_graders_terminal(tmp_path, capfd):
+    """What reaches a kernel's own stderr outside its cells (here an exit handler; in a real run
+    a libzmq assertion as the kernel stopped) stays off the instructor's terminal; what a cell
+    prints still arrives, over the kernel's sockets."""
+    folder = tmp_path / "exercise"
+    folder.mkdir()
+    cell = ("import atexit, os, sys\n"
+            "atexit.register(os.write, sys.__stderr__.fileno(), b'KERNEL PROCESS NOISE\\n')\n"
+            "print('from the cell')")
+    nbformat.write(new_notebook(cells=[new_code_cell(cell)]), folder / "exercise.ipynb")
+    run = reference.execute_in_copy(folder / "exercise.ipynb")
+    assert [o.get("text") for o in run.cells[0].outputs] == ["from the cell\n"]
+    captured = capfd.readouterr()
+    assert "KERNEL PROCESS NOISE" not in captured.err + captured.out

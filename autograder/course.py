@@ -499,7 +499,7 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
             on_result(result)
 
     if pending:
-        tick = progress.tick if progress is not None else (lambda: None)
+        tick = progress.tick if progress is not None else (lambda running: None)
         try:
             grade_many(paths, assignment, pending, jobs or default_jobs(), recorded, tick)
         finally:

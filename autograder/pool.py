@@ -402,6 +402,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.student: str | None = None
+        self.since = 0.0  # when it was handed its submission
         self.ready = False
 
 
@@ -418,9 +419,10 @@ class Interrupted(Exception):
 
 
 def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: int,
-               on_result: Callable, on_tick: Callable = lambda: None) -> None:
+               on_result: Callable, on_tick: Callable = lambda running: None) -> None:
     """Grade `students` with `jobs` workers; `on_result(result)` is called (in this process) as
-    each submission is recorded. Raises Interrupted after a clean stop on SIGINT."""
+    each submission is recorded, `on_tick(running)` about twice a second with the seconds each
+    submission being run has taken so far. Raises Interrupted after a clean stop on SIGINT."""
     recorder = Recorder(paths, assignment)
     context = _context()
     queue = collections.deque(students)
@@ -432,7 +434,7 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
         while queue or any(w.student for w in workers):
             if stop_requested.is_set():
                 raise Interrupted()
-            on_tick()
+            on_tick({w.student: time.monotonic() - w.since for w in workers if w.student is not None})
             waitables = [w.conn for w in workers] + [w.process.sentinel for w in workers]
             ready = multiprocessing.connection.wait(waitables, timeout=0.5)
             finished = []
@@ -471,7 +473,7 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
             # Workers get their next submission first, then the parent records: the two overlap.
             for worker in workers:
                 if worker.ready and worker.student is None and queue and worker.process.is_alive():
-                    worker.student = queue.popleft()
+                    worker.student, worker.since = queue.popleft(), time.monotonic()
                     # A kernel started ahead only pays when some submission will still need it.
                     worker.conn.send((worker.student, len(queue) >= len(workers)))
             for outcome in finished:

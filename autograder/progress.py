@@ -28,6 +28,8 @@ class Progress:
         self.terminal = self.stream.isatty() if terminal is None else terminal
         self.columns = columns or self._terminal_columns
         self.total = self.done = self.failed = self.already = 0
+        self.slowest: tuple[str, float] | None = None  # (student, seconds) of a long-running submission
+        self.slow_after = 15.0
         self.started = self.last_shown = 0.0
 
     def start(self, total: int, already: int = 0) -> None:
@@ -42,7 +44,12 @@ class Progress:
         self.failed += bool(failed)
         self._show(force=self.terminal)
 
-    def tick(self) -> None:
+    def tick(self, running: dict[str, float] | None = None) -> None:
+        """`running`: seconds each submission being run has taken so far. One that takes long
+        (a loop running into its time limit) is named, so that a stalled count and time left
+        are explained."""
+        slowest = max((running or {}).items(), key=lambda item: item[1], default=None)
+        self.slowest = slowest if slowest is not None and slowest[1] >= self.slow_after else None
         if self.done < self.total:  # the last line is finish()'s
             self._show(force=False)
 
@@ -58,6 +65,8 @@ class Progress:
             if self.done < self.total:
                 parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
         parts.append(f"{self.failed} failed to run" if self.failed else "no failures")
+        if self.slowest is not None and self.done < self.total:
+            parts.append(f"{self.slowest[0]} running for {_duration(self.slowest[1])}")
         text = ", ".join(parts)
         if self.terminal:
             # One row: a line wider than the terminal wraps, and \r redraws only its last row.

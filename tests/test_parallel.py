@@ -188,6 +188,23 @@ def own_processes(marker: str) -> list[str]:
     return found
 
 
+def test_progress_names_a_submission_that_runs_long():
+    """A loop running into its time limit stalls the count and the time left: the line says who."""
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress("grading", stream=out, interval=5, terminal=False, clock=lambda: now[0])
+    progress.start(3)
+    now[0] += 6
+    progress.tick({"ada": 2.0, "alan": 3.0})
+    assert "running for" not in out.getvalue()
+    now[0] += 6
+    progress.tick({"ada": 8.0, "alan": 45.0})
+    assert out.getvalue().splitlines()[-1].startswith("grading: 0/3 graded, no failures, alan running for 45s")
+    now[0] += 6
+    progress.tick({"ada": 14.0})  # alan's was stopped; nothing has run long now
+    assert out.getvalue().splitlines()[-1] == "grading: 0/3 graded, no failures (18s elapsed)"
+
+
 def test_progress_on_a_narrow_terminal_fits_one_line():
     """A bar wider than the terminal wraps, and \\r only redraws its last row: the screen fills
     with stale copies of it."""

@@ -49,7 +49,7 @@ class GradingKernelManager(AsyncKernelManager):
             kw["env"] = {**kw.get("env", os.environ), "TMPDIR": self.tmpdir}
         # The kernel process's own output is noise on the instructor's terminal (ipykernel's
         # warning that it has no debugger, a libzmq assertion as a kernel stops): what its
-        # cells print travels over its sockets. Sandboxed kernels drop it too.
+        # cells print travels over its sockets. Sandboxed kernels inherit this.
         kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.DEVNULL)
         return await super()._async_pre_start_kernel(**kw)

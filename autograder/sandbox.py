@@ -729,9 +729,7 @@ class SandboxedKernelManager(GradingKernelManager):
         self.connection_file = str(self._ipc_dir / "connection.json")
         if not self.sandbox.isolated:
             kw["cwd"] = str(self._workcopy)
-        # The kernel's own process output is noise (its cells' output travels over the sockets).
-        kw.setdefault("stdout", subprocess.DEVNULL)
-        kw.setdefault("stderr", subprocess.DEVNULL)
+        # GradingKernelManager drops the kernel process's own output.
         cmd, kw = await super()._async_pre_start_kernel(**kw)
         os.chmod(self.connection_file, 0o644)
         return cmd, kw

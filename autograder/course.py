@@ -458,15 +458,14 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
     if jobs is not None and jobs < 1:
         raise AutograderError(f"--jobs must be at least 1 (got {jobs})")
     check_gradebook_writable(paths)
-    require_in_gradebook(paths, assignment)
+    # The state says what was graded from which inputs; the gradebook must still hold it (one put
+    # back from an older backup may not).
+    recorded_before = students_in_gradebook(paths, assignment)
     prepare_reference(paths, assignment)
     backup_gradebook(paths)
     shared = _shared_inputs_digest(paths, assignment)
     names = [student] if student else collected
     forced_run = _forced_run(paths, assignment, student) if force else None
-    # The state says what was graded from which inputs; the gradebook must still hold it (one put
-    # back from an older backup may not).
-    recorded_before = students_in_gradebook(paths, assignment)
     results: dict[str, SubmissionResult] = {}
     fingerprints, pending = {}, []
     for name in names:
@@ -531,27 +530,24 @@ def _forced_run(paths: ClassPaths, assignment: str, student: str | None) -> str:
     return run_id
 
 
-def require_in_gradebook(paths: ClassPaths, assignment: str) -> None:
-    """Fail before grading when the gradebook does not hold the assignment's notebooks (never
-    generated in this class, or an empty or older gradebook put back): nbgrader would fail every
-    submission with MissingEntry."""
+def students_in_gradebook(paths: ClassPaths, assignment: str) -> set[str]:
+    """The students whose submission of `assignment` the gradebook holds. Fails before grading
+    when it does not hold the assignment's notebooks (never generated in this class, or an empty
+    or older gradebook put back): nbgrader would fail every submission with MissingEntry."""
     released = notebooks_of(paths, assignment)
-    held = set()
+    held, students = set(), set()
     if paths.gradebook.is_file() and paths.gradebook.stat().st_size:
         with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
             try:
                 held = {nb.name for nb in gb.find_assignment(assignment).notebooks}
+                students = {sub.student_id for sub in gb.assignment_submissions(assignment)}
             except MissingEntry:
                 pass
     if not released or not set(released) <= held:
         raise AutograderError(f"{assignment} is not in the gradebook {paths.gradebook}; record it with "
                               f"`python -m autograder release {assignment}` (with the same --class-dir), "
                               f"then grade again")
-
-
-def students_in_gradebook(paths: ClassPaths, assignment: str) -> set[str]:
-    with Gradebook(f"sqlite:///{paths.gradebook}") as gb:
-        return {sub.student_id for sub in gb.assignment_submissions(assignment)}
+    return students
 
 
 # --- feedback and export ---------------------------------------------------------------------

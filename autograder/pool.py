@@ -294,7 +294,7 @@ class SubmissionRunner:
         except Exception as err:  # a fault of the grader, not of the student: say which
             outcome["error"] = f"grading failed: {type(err).__name__}: {str(err).strip()[:300]}"
             if "database is locked" in str(err):  # nbgrader's sanitizing reads the gradebook
-                outcome["error"] = f"grading failed: {course.gradebook_locked(self.paths)}"
+                outcome["error"] = _locked_failure(self.paths)
         return outcome
 
     def close(self) -> None:
@@ -311,6 +311,11 @@ class SubmissionRunner:
         if self.unfinished is not None:
             shutil.rmtree(self.unfinished, ignore_errors=True)
         shutil.rmtree(self.kernel_folder.parent, ignore_errors=True)
+
+
+def _locked_failure(paths: ClassPaths) -> str:
+    """A submission's error when the gradebook stayed locked while it was graded or recorded."""
+    return f"grading failed: {course.gradebook_locked(paths)}"
 
 
 # --- recording (the parent process only) -----------------------------------------------------
@@ -338,13 +343,13 @@ class Recorder:
                     lines = text.splitlines()
                     result.error = "grading failed: " + (lines[-1] if lines else "no details from nbgrader")
                     if "database is locked" in text:  # nbgrader's own last line blames its schema
-                        result.error = f"grading failed: {course.gradebook_locked(self.paths)}"
+                        result.error = _locked_failure(self.paths)
             try:
                 course._read_back(self.paths, result)
             except sqlalchemy.exc.OperationalError as err:
                 if "database is locked" not in str(err):
                     raise
-                result.error = result.error or f"grading failed: {course.gradebook_locked(self.paths)}"
+                result.error = result.error or _locked_failure(self.paths)
         finally:
             shutil.rmtree(executed, ignore_errors=True)
             try:

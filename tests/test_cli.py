@@ -26,6 +26,18 @@ def run_here(capsys, monkeypatch, *args):
     return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
 
 
+def class_with_submissions(tmp_path, *students):
+    """A class folder under tmp_path holding each student's unanswered ex02_data_gate, as collected."""
+    from conftest import submit_directly
+    from autograder.config import ClassPaths
+    import nbformat
+    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
+    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
+    for student in students:
+        submit_directly(paths, student, "ex02_data_gate", nb)
+    return paths
+
+
 def test_help_lists_the_day_in_order():
     out = run("--help")
     assert out.returncode == 0
@@ -67,12 +79,7 @@ def test_grading_a_class_folder_that_does_not_exist_says_so(tmp_path, capsys, mo
 
 
 def test_a_damaged_gradebook_is_named_with_the_way_back(tmp_path, capsys, monkeypatch):
-    from conftest import submit_directly
-    from autograder.config import ClassPaths
-    import nbformat
-    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
-    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
-    submit_directly(paths, "ada", "ex02_data_gate", nb)
+    paths = class_with_submissions(tmp_path, "ada")
     paths.gradebook.write_bytes(b"this is no SQLite file " * 100)
     out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--class-dir", str(paths.class_dir))
     assert out.returncode == 2
@@ -93,13 +100,7 @@ def test_grading_an_assignment_the_gradebook_does_not_hold_says_to_release_it(tm
     """Submissions but no release in this class (or an empty gradebook put back): one clear error
     before anything runs, not a MissingEntry for every student (or, with two workers, one racing
     the other to create the gradebook's tables)."""
-    from conftest import submit_directly
-    from autograder.config import ClassPaths
-    import nbformat
-    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
-    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
-    for student in ("ada", "alan"):
-        submit_directly(paths, student, "ex02_data_gate", nb)
+    paths = class_with_submissions(tmp_path, "ada", "alan")
     for gradebook in ("none", "empty file"):
         if gradebook == "empty file":
             paths.gradebook.write_bytes(b"")
@@ -137,12 +138,7 @@ def test_unwritable_exchange_is_explained(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_student_is_explained(tmp_path, capsys, monkeypatch):
-    from conftest import submit_directly
-    from autograder.config import ClassPaths
-    import nbformat
-    paths = ClassPaths.resolve(tmp_path / "class", repo=REPO)
-    nb = nbformat.read(REPO / "course" / "ex02_data_gate" / "ex02_data_gate.ipynb", as_version=4)
-    submit_directly(paths, "ada", "ex02_data_gate", nb)
+    class_with_submissions(tmp_path, "ada")
     out = run_here(capsys, monkeypatch, "grade", "ex02_data_gate", "--student", "bob", "--class-dir", str(tmp_path / "class"))
     assert out.returncode == 2 and "'bob'" in out.stderr and "ada" in out.stderr
 

@@ -125,10 +125,25 @@ def course_copy(tmp_path):
 
 # --- a real Jupyter server --------------------------------------------------------------------
 
+_PORTS_TAKEN = iter(range(1000))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a server a test starts, that no other test is given meanwhile. A port from
+    bind(0) is free only until it is closed: a concurrent test's server (or proxy) could take it
+    before ours binds it, as a JupyterHub start once found its proxy's port answered by another
+    test's server. Each pytest-xdist worker takes ports from its own slice of 20000-31999, below
+    Linux's ephemeral range (32768-60999), which bind(0) and outgoing connections use."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    base = 20000 + 1000 * (int(worker[2:]) % 12 if worker[2:].isdigit() else 0)
+    for offset in _PORTS_TAKEN:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", base + offset))
+            except OSError:  # a program outside the tests holds it
+                continue
+            return base + offset
+    raise RuntimeError(f"no free port left in {base}-{base + 999} for this test worker")
 
 
 @contextlib.contextmanager

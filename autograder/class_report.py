@@ -45,14 +45,6 @@ def class_results(paths: ClassPaths, assignment: str, results: list) -> list:
     return [by_student[s] for s in sorted(by_student)]
 
 
-def failures_to_run(result) -> list[str]:
-    """Why a submission did not run as written: grader errors, stopped kernels, unreadable files."""
-    reasons = [result.error] if result.error else []
-    reasons += result.incidents
-    reasons += [n for n in result.notes if "graded as unanswered" in n]
-    return reasons
-
-
 def cell_statistics(results) -> dict[str, dict]:
     """grade_id -> {passed, total, max_points} over autograded cells of graded submissions."""
     stats: dict[str, dict] = defaultdict(lambda: {"passed": 0, "total": 0, "max_points": 0.0})
@@ -147,7 +139,7 @@ def write_report(paths: ClassPaths, assignment: str, results: list) -> Path:
     else:
         parts.append("<p>No grade cell is passed by nobody or by everybody.</p>")
     parts.append("<h2>Submissions that did not run as handed in</h2>")
-    broken = [(r, failures_to_run(r)) for r in results if failures_to_run(r)]
+    broken = [(r, r.failures_to_run) for r in results if r.failures_to_run]
     if broken:
         parts.append("<table><tr><th>student</th><th>why</th></tr>" + "".join(
             f"<tr><td>{esc(r.student)}</td><td>{'<br>'.join(esc(w) for w in why)}</td></tr>" for r, why in broken)

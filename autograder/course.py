@@ -237,6 +237,13 @@ class SubmissionResult:
     incidents: list[str] = field(default_factory=list)  # why a notebook stopped early (kernel died, time limit)
 
     @property
+    def failures_to_run(self) -> list[str]:
+        """Why the submission did not run as handed in: a grader error, a stopped kernel, a file
+        that could not be read (graded as unanswered). The progress line and the report count these."""
+        return ([self.error] if self.error else []) + self.incidents + \
+            [n for n in self.notes if "graded as unanswered" in n]
+
+    @property
     def failed_cells(self) -> list[CellResult]:
         return [c for c in self.cells if c.points < c.max_points and c.reason]
 
@@ -493,7 +500,7 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
                                          "forced_run": forced_run}))
         results[result.student] = result
         if progress is not None:
-            progress.advance(failed=bool(result.error or result.incidents))
+            progress.advance(failed=bool(result.failures_to_run))
         if on_result is not None:
             on_result(result)
 

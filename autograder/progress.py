@@ -64,7 +64,7 @@ class Progress:
             parts.append(f"{rate * 60:.1f}/min")
             if self.done < self.total:
                 parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
-        parts.append(f"{self.failed} failed to run" if self.failed else "no failures")
+        parts.append(f"{self.failed} did not run as handed in" if self.failed else "no failures")
         if self.slowest is not None and self.done < self.total:
             parts.append(f"{self.slowest[0]} running for {_duration(self.slowest[1])}")
         text = ", ".join(parts)

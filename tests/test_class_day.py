@@ -198,3 +198,19 @@ def test_export_writes_every_student(small_class, tmp_path, capsys, monkeypatch)
     assert f"grades written to {paths.class_dir / 'grades.csv'}" in capsys.readouterr().out
     assert (paths.class_dir / "grades.csv").read_text() == target.read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grades.csv"]
+
+
+def test_progress_and_report_count_the_same_submissions_as_not_run(small_class):
+    """The progress line's count of submissions that did not run as handed in is the report's:
+    an empty file, graded as unanswered, is one of them (the progress line once counted only
+    grader errors and stopped kernels)."""
+    from autograder import class_report
+    paths = small_class
+    submit_directly(paths, "empty", "ex01_pipeline", b"")
+    out = io.StringIO()
+    results = course.grade(paths, "ex01_pipeline", progress=Progress("grading", out, terminal=False))
+    assert [r.student for r in results if r.failures_to_run] == ["empty"]
+    assert out.getvalue().splitlines()[-1].startswith("grading: 3/3 graded, ")
+    assert "1 did not run as handed in" in out.getvalue().splitlines()[-1]
+    report = class_report.write_report(paths, "ex01_pipeline", results).read_text()
+    assert "did not run as handed in" in report and "empty" in report

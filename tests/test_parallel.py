@@ -160,7 +160,7 @@ def test_progress_off_a_terminal_prints_a_plain_line_every_few_seconds():
     progress.finish()
     lines = out.getvalue().splitlines()
     assert len(lines) == 3  # at the start, once after 5 s, at the end: not one per submission
-    assert lines[-1].startswith("grading: 4/10 graded") and "1 failed" in lines[-1]
+    assert lines[-1].startswith("grading: 4/10 graded") and "1 did not run as handed in" in lines[-1]
     assert "ETA 12s" in lines[-1] and "30.0/min" in lines[-1]
     assert "\r" not in out.getvalue()
 

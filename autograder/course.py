@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -389,10 +390,17 @@ def check_gradebook_writable(paths: ClassPaths) -> None:
         raise _gradebook_error(paths, err) from err
 
 
+# Backups kept in class/backups/: one per grading run that grades something, so a term of
+# regrading six exercises would otherwise keep hundreds of copies of a growing gradebook.
+KEEP_BACKUPS = 20
+BACKUP_NAME = re.compile(r"gradebook-\d{8}-\d{6}-\d{6}\.db")
+
+
 def backup_gradebook(paths: ClassPaths) -> Path | None:
-    """Copy the gradebook aside, consistent even mid-write. VACUUM INTO, not the backup API:
-    Python's Connection.backup retries a locked database for ever, deaf to Ctrl-C; a statement
-    waits GRADEBOOK_LOCK_WAIT at most."""
+    """Copy the gradebook aside, consistent even mid-write, then remove all but the newest
+    KEEP_BACKUPS copies this function made. VACUUM INTO, not the backup API: Python's
+    Connection.backup retries a locked database for ever, deaf to Ctrl-C; a statement waits
+    GRADEBOOK_LOCK_WAIT at most."""
     if not paths.gradebook.is_file():
         return None
     paths.backups.mkdir(parents=True, exist_ok=True)
@@ -404,6 +412,10 @@ def backup_gradebook(paths: ClassPaths) -> Path | None:
     except sqlite3.Error as err:
         target.unlink(missing_ok=True)
         raise _gradebook_error(paths, err) from err
+    # The names sort by time; files of any other name (an instructor's own copy) are not ours.
+    made = sorted(p for p in paths.backups.glob("gradebook-*.db") if BACKUP_NAME.fullmatch(p.name))
+    for old in made[:-KEEP_BACKUPS]:
+        old.unlink(missing_ok=True)
     return target
 
 
@@ -469,7 +481,6 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
     # back from an older backup may not).
     recorded_before = students_in_gradebook(paths, assignment)
     prepare_reference(paths, assignment)
-    backup_gradebook(paths)
     shared = _shared_inputs_digest(paths, assignment)
     names = [student] if student else collected
     forced_run = _forced_run(paths, assignment, student) if force else None
@@ -488,6 +499,8 @@ def grade(paths: ClassPaths, assignment: str, student: str | None = None, force:
             results[name] = result
         else:
             pending.append(name)
+    if pending:  # a run that grades nothing writes nothing: no backup of it either
+        backup_gradebook(paths)
     if progress is not None:
         progress.start(len(pending), already=len(names) - len(pending))
 

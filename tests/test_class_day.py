@@ -122,14 +122,28 @@ def test_an_interrupted_forced_regrade_resumes_where_it_stopped(small_class):
     assert not any(r.skipped for r in course.grade(paths, "ex01_pipeline", force=True, jobs=1))
 
 
-def test_every_grading_run_backs_up_the_gradebook(small_class):
+def test_every_grading_run_that_writes_backs_up_the_gradebook_and_old_backups_are_pruned(small_class):
+    """A backup before every run that grades something; a run with nothing to grade writes
+    nothing, so it makes none. The newest KEEP_BACKUPS are kept (a term of regrading would
+    otherwise fill the disk with copies); files of other names in the folder are left alone."""
     paths = small_class
     course.grade(paths, "ex01_pipeline")
     course.grade(paths, "ex01_pipeline", force=True)
-    backups = sorted((paths.class_dir / "backups").glob("gradebook-*.db"))
-    assert len(backups) >= 1
+    backups = sorted(paths.backups.glob("gradebook-*.db"))
+    assert len(backups) == 2
     with sqlite3.connect(backups[-1]) as con:
         assert con.execute("SELECT count(*) FROM grade").fetchone()[0] > 0
+    course.grade(paths, "ex01_pipeline")  # unchanged: nothing graded, nothing written
+    assert sorted(paths.backups.glob("gradebook-*.db")) == backups
+    old = [paths.backups / f"gradebook-2025{day:04d}-120000-000000.db" for day in range(101, 101 + course.KEEP_BACKUPS)]
+    for path in old:
+        path.write_bytes(b"an older backup")
+    (paths.backups / "before-the-exam.db").write_bytes(b"the instructor's own copy")
+    newest = course.backup_gradebook(paths)
+    kept = sorted(paths.backups.glob("gradebook-*.db"))
+    assert len(kept) == course.KEEP_BACKUPS and kept[-1] == newest
+    assert kept == sorted(old[3:] + backups + [newest]), "the oldest backups go first"
+    assert (paths.backups / "before-the-exam.db").read_bytes() == b"the instructor's own copy"
 
 
 def test_grading_waits_for_a_gradebook_that_another_program_is_writing(small_class):

@@ -259,9 +259,19 @@ class SubmissionResult:
         by_reason: dict[str, list[str]] = {}  # cells failing for the same reason share it
         for cell in self.failed_cells:
             by_reason.setdefault(first_line(cell.reason), []).append(cell.grade_id)
-        failed = [f"{', '.join(cells)} ({why})" for why, cells in by_reason.items()]
+        tests = [c for c in self.cells if c.max_points and not c.manual]
+        failed = [f"{_few_of(cells, len(tests))} ({why})" for why, cells in by_reason.items()]
         parts = self.notes[:2] + ([f"failed: {'; '.join(failed)}"] if failed else [])
         return "; ".join(parts)
+
+
+def _few_of(names: list[str], tests: int, shown: int = 3) -> str:
+    """Test cells failing for one reason, in a few words: a blank notebook fails every one."""
+    if len(names) == tests and tests > shown:
+        return f"all {tests} tests"
+    if len(names) > shown + 1:
+        return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+    return ", ".join(names)
 
 
 def first_line(text: str, width: int = 100) -> str:

@@ -136,6 +136,23 @@ def test_grade_table_gives_the_first_line_of_each_reason():
     assert "more detail" not in table and "test_b" not in table
 
 
+def test_grade_table_keeps_a_blank_notebooks_row_short():
+    """A blank notebook fails every test for one reason: its row says so in a few words, instead
+    of naming a dozen test cells (the feedback and the report name them). A long list for one
+    reason names the first three and how many more."""
+    from autograder.cli import grade_table
+    names = [f"test_{n:02d}" for n in range(12)]
+    blank = course.SubmissionResult("alan", A, score=0, max_score=12, cells=[
+        course.CellResult(name, 0, 1, "NotImplementedError") for name in names])
+    row = grade_table([blank]).splitlines()[1]
+    assert row.endswith("failed: all 12 tests (NotImplementedError)") and "test_00" not in row, row
+    half = course.SubmissionResult("grace", A, score=5, max_score=12, cells=[
+        course.CellResult(name, 0 if i < 6 else 1, 1, "NotImplementedError" if i < 6 else "")
+        for i, name in enumerate(names)] + [course.CellResult("test_x", 0, 1, "CheckFailed: wrong")])
+    row = grade_table([half]).splitlines()[1]
+    assert "failed: test_00, test_01, test_02 and 3 more (NotImplementedError); test_x (CheckFailed: wrong)" in row, row
+
+
 def test_grade_table_never_shows_a_failed_grading_as_a_score():
     """A submission the grader failed on is 'not graded'; a score the gradebook kept from an
     earlier grading is named as such, not shown as this run's result."""

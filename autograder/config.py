@@ -81,22 +81,12 @@ def load_course_config(paths: ClassPaths) -> Config:
     """nbgrader's configuration for this class, from autograder/nbgrader_config.py."""
     if not CONFIG_FILE.is_file():
         raise AutograderError(f"the nbgrader configuration {CONFIG_FILE} is missing; restore it from git")
-    # The file makes its default class folder for nbgrader's own commands; this class may be
-    # elsewhere (--class-dir), and then an empty class/ must not be left in the repository.
-    default_class_dir = Path(os.environ.get("CICD_CLASS_DIR") or REPO / "class").resolve()
-    made_here = not default_class_dir.exists() and default_class_dir != paths.class_dir.resolve()
     try:
         loader = PyFileConfigLoader(CONFIG_FILE.name, path=str(CONFIG_FILE.parent))
         config = loader.load_config()
     except Exception as err:
         raise AutograderError(f"the nbgrader configuration {CONFIG_FILE} is broken "
                               f"({type(err).__name__}: {err}); fix it or restore it from git") from None
-    finally:
-        if made_here:
-            try:
-                default_class_dir.rmdir()  # only ever an empty folder
-            except OSError:
-                pass
     config.CourseDirectory.root = str(paths.repo)
     config.CourseDirectory.submitted_directory = str(paths.submitted)
     config.CourseDirectory.autograded_directory = str(paths.autograded)

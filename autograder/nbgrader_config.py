@@ -17,13 +17,6 @@ EXCHANGE = Path(os.environ.get("CICD_EXCHANGE") or CLASS_DIR / "exchange").resol
 
 c = get_config()  # noqa: F821 - provided by traitlets
 
-# SQLite creates the gradebook but not its folder. An unwritable location is reported by the
-# autograder's own checks (autograder.config), with what to do about it.
-try:
-    CLASS_DIR.mkdir(parents=True, exist_ok=True)
-except OSError:
-    pass
-
 c.CourseDirectory.course_id = "cicd-for-models"
 c.CourseDirectory.root = str(REPO)
 c.CourseDirectory.source_directory = "solutions"

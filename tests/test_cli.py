@@ -199,8 +199,9 @@ def test_an_unactivated_virtual_environment_still_releases(tmp_path):
 
 
 def test_a_class_kept_elsewhere_leaves_no_class_folder_in_the_repository(tmp_path):
-    """The course's nbgrader config makes its default class folder for nbgrader's own commands;
-    grading a class given with --class-dir must not leave an empty class/ in the repository."""
+    """Only nbgrader's own commands (through the root nbgrader_config.py) make the default class
+    folder; loading the course's config for a class given with --class-dir must not leave an empty
+    class/ in the repository."""
     import os
     import shutil
     root = tmp_path / "repo"

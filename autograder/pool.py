@@ -47,10 +47,10 @@ from jupyter_core.utils import run_sync
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import SaveAutoGrades
 
-from . import AutograderError, course
+from . import AutograderError, course, kernel_forks
 from .config import ClassPaths, load_course_config
 from .preprocessors import GuardedExecute
-from .sandbox import isolation_status
+from .sandbox import Sandbox, isolation_status
 
 KERNEL_NAME = "python3"
 # nbgrader's Autograde runs these before executing (the released cells are put back, outputs cleared).
@@ -129,7 +129,8 @@ def executed_root(paths: ClassPaths) -> Path:
 class SubmissionRunner:
     """Runs submissions of one assignment; built once per worker, used for many submissions."""
 
-    def __init__(self, paths: ClassPaths, assignment: str, prewarm: bool = True, preload: bool = True):
+    def __init__(self, paths: ClassPaths, assignment: str, prewarm: bool = True, preload: bool = True,
+                 fork_address: str | None = None):
         self.paths, self.assignment, self.prewarm = paths, assignment, prewarm
         config = load_course_config(paths)
         config.GuardedExecute.hide_paths = course.hidden_from_students(paths)
@@ -150,6 +151,7 @@ class SubmissionRunner:
         self.unfinished: Path | None = None
         self.kernel_folder = self._build_kernel_folder()
         self.preload = modules_to_preload(paths.release / assignment) if preload else []
+        self.execute.fork_preload, self.execute.fork_address = self.preload, fork_address
 
     def _build_kernel_folder(self) -> Path:
         """What a kernel finds in its working folder: the assignment's files as nbgrader lays
@@ -371,14 +373,14 @@ def grade_here(paths: ClassPaths, assignment: str, student: str) -> "course.Subm
 
 # --- workers ---------------------------------------------------------------------------------
 
-def _worker_main(conn, paths: ClassPaths, assignment: str, environment: dict) -> None:
+def _worker_main(conn, paths: ClassPaths, assignment: str, environment: dict, fork_address: str | None) -> None:
     os.setsid()  # a terminal's Ctrl-C goes to the parent, which decides how to stop
     # The fork server was started with the environment of its time; settings read from the
     # environment (CICD_CELL_TIMEOUT, ...) must be the parent's of now.
     os.environ.clear()
     os.environ.update(environment)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runner = SubmissionRunner(paths, assignment)
+    runner = SubmissionRunner(paths, assignment, fork_address=fork_address)
 
     def stop(signum, frame):
         runner.abandon()
@@ -400,10 +402,10 @@ def _worker_main(conn, paths: ClassPaths, assignment: str, environment: dict) ->
 
 
 class _Worker:
-    def __init__(self, context, paths, assignment):
+    def __init__(self, context, paths, assignment, fork_address):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, paths, assignment, dict(os.environ)),
-                                       daemon=True)
+        self.process = context.Process(target=_worker_main, daemon=True,
+                                       args=(child, paths, assignment, dict(os.environ), fork_address))
         self.process.start()
         child.close()
         self.student: str | None = None
@@ -419,6 +421,18 @@ def _context():
     return context
 
 
+def _fork_address(paths: ClassPaths, assignment: str) -> str | None:
+    """The address of this process's kernel fork server for the assignment, shared by its
+    workers (and kept for later runs: starting one costs what it saves on a kernel or two)."""
+    if isolation_status() != "bubblewrap":
+        return None
+    try:
+        found = kernel_forks.server(modules_to_preload(paths.release / assignment), Sandbox.environment())
+    except OSError:  # no server: each kernel starts from nothing, as before
+        return None
+    return found.address if found else None
+
+
 class Interrupted(Exception):
     """Grading stopped at the user's request; what was recorded stays recorded."""
 
@@ -431,7 +445,8 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
     recorder = Recorder(paths, assignment)
     context = _context()
     queue = collections.deque(students)
-    workers = [_Worker(context, paths, assignment) for _ in range(max(1, min(jobs, len(students))))]
+    fork_address = _fork_address(paths, assignment)
+    workers = [_Worker(context, paths, assignment, fork_address) for _ in range(max(1, min(jobs, len(students))))]
     stop_requested = threading.Event()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *_: stop_requested.set()) if in_main_thread else None
@@ -471,7 +486,7 @@ def grade_many(paths: ClassPaths, assignment: str, students: list[str], jobs: in
                                             f"{worker.process.exitcode}); grade this student again with "
                                             f"--student {worker.student}"}
                     if queue:
-                        workers.append(_Worker(context, paths, assignment))
+                        workers.append(_Worker(context, paths, assignment, fork_address))
                 if outcome is not None:
                     worker.student = None
                     finished.append(outcome)

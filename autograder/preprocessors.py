@@ -50,12 +50,17 @@ class GuardedExecute(Execute):
     interrupt_on_timeout = Bool(False).tag(config=True)
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     hide_paths = List(Unicode(), help="Host folders the kernel must not see").tag(config=True)
+    # Set by the grading pool: kernels are forked from a server that has imported these modules
+    # (autograder.kernel_forks), the pool's own at `fork_address` if given; None: from nothing.
+    fork_preload = None
+    fork_address = None
 
     def create_kernel_manager(self):
         self.kernel_manager_class = SandboxedKernelManager
         manager = super().create_kernel_manager()
         isolated = self.isolate and isolation_status() == "bubblewrap"
         manager.sandbox = Sandbox(hide=list(self.hide_paths), isolated=isolated)
+        manager.fork_preload, manager.fork_address = self.fork_preload, self.fork_address
         self._sandboxed_manager = manager  # nbclient drops self.km at cleanup; its verdict on limits stays
         return manager
 

@@ -26,6 +26,7 @@ says so (see `isolation_status`).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import AutograderError
-from .kernel_command import GradingKernelManager
+from . import kernel_forks
+from .kernel_command import LAUNCHER, GradingKernelManager
 
 NOBODY = 65534
 LEARNER_HOME = "/home/learner"
@@ -52,6 +54,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 WATCH_INTERVAL = 0.2  # seconds between two looks of the watchdog
 IPC_FOLDER_BYTES = 1024**2  # the connection file and sockets take a few hundred bytes
 DISK_BLOCK = 4096  # what an empty file or folder costs the host's disk, at least
+FORK_WAIT = 30  # seconds for a sandbox to be ready for a forked kernel, and for the fork
 MIN_ADDRESS_SPACE = 1024**3  # a Python kernel with numpy reserves more address space than it uses
 
 # The operating system's runtime files. Whole folders of /etc are not needed: the loader's
@@ -487,17 +490,23 @@ class Sandbox:
         cmd += ["--perms", "0777", "--dir", inside_cwd]
         cmd += folders_up_to(ASSIGNMENT_COPY) + ["--ro-bind", str(workcopy), ASSIGNMENT_COPY]
         cmd += ["--bind", str(ipc_dir), IPC_INSIDE]
-        cmd += ["--chdir", inside_cwd, "--clearenv",
-                "--setenv", "HOME", LEARNER_HOME, "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-                "--setenv", "LANG", "C.UTF-8", "--setenv", "MPLBACKEND", "Agg", "--setenv", "TMPDIR", "/tmp",
-                "--setenv", "OPENBLAS_NUM_THREADS", "1", "--setenv", "OMP_NUM_THREADS", "1"]
-        for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # keep numpy correct on this CPU
-            if name in os.environ:
-                cmd += ["--setenv", name, os.environ[name]]
+        cmd += ["--chdir", inside_cwd, "--clearenv"]
+        for name, value in self.environment().items():
+            cmd += ["--setenv", name, value]
         if as_root:
             cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "setpriv",
                     f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs", "--"]
         return cmd
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """A kernel's whole environment in the sandbox."""
+        environment = {"HOME": LEARNER_HOME, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                       "MPLBACKEND": "Agg", "TMPDIR": "/tmp", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # keep numpy correct on this CPU
+            if name in os.environ:
+                environment[name] = os.environ[name]
+        return environment
 
     def _hidden_inside(self, roots) -> list[str]:
         found = []
@@ -700,12 +709,31 @@ class Watchdog(threading.Thread):
                 return
 
 
+def _host_pid(root: int, inner: int) -> int | None:
+    """The pid, as the host sees it, of the process of `root`'s tree whose pid is `inner` in the
+    innermost pid namespace it belongs to."""
+    for pid in process_tree(root):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
+        levels = found[1].split() if found else []
+        if len(levels) > 1 and int(levels[-1]) == inner:
+            return pid
+    return None
+
+
 # --- the kernel manager ------------------------------------------------------------------------
 
 class SandboxedKernelManager(GradingKernelManager):
     """A kernel manager that starts its kernel inside a Sandbox, in its own cgroup, watched."""
 
     sandbox: Sandbox | None = None
+    # Set: fork the kernel from a server (kernel_forks.py), the one at `fork_address` or one of
+    # this process's that imports `fork_preload`.
+    fork_address: str | None = None
+    fork_preload: list[str] | None = None
     limit_exceeded: str = ""  # set when the watchdog stopped the kernel: which limit, in words
 
     async def _async_pre_start_kernel(self, **kw):
@@ -749,12 +777,86 @@ class SandboxedKernelManager(GradingKernelManager):
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
+        self._forkable_args = None
         if not self.sandbox.isolated:
             cmd = self.sandbox.limits_only(cmd)
         else:
             cmd = [arg.replace(str(self._ipc_dir), IPC_INSIDE) for arg in cmd]
+            if cmd[:3] == [sys.executable, "-c", LAUNCHER]:
+                self._forkable_args = cmd[3:]  # what the kernel is started with, a fork too
             cmd = self.sandbox.command(cmd, self._workcopy, self._inside_cwd, self._ipc_dir)
         return self._cgroup.wrap(cmd) if self._cgroup else cmd
+
+    # --- kernels forked from a server that has imported their modules (kernel_forks.py) ----------
+
+    def _fork_server(self):
+        if getattr(self, "_forkable_args", None) is None or not kernel_forks.enabled():
+            return None
+        if self._cgroup is not None and not isinstance(self._cgroup, (CgroupV1, CgroupV2)):
+            return None  # a systemd scope takes only the processes systemd-run starts
+        if self.fork_address:
+            return kernel_forks.ForkClient(self.fork_address)
+        if self.fork_preload is not None:
+            return kernel_forks.server(self.fork_preload, self.sandbox.environment())
+        return None
+
+    def _fork_request(self, target: int) -> dict:
+        limits = self.sandbox.limits
+        rlimits = {"as": limits.address_space_bytes, "fsize": limits.disk_bytes, "cpu": limits.cpu_seconds}
+        as_root = os.geteuid() == 0
+        if not cgroup_support()[0]:  # as _rlimits sets it for a kernel bubblewrap starts
+            rlimits["nproc"] = tasks_of_user(NOBODY if as_root else os.getuid()) + limits.processes
+        procs = []
+        if isinstance(self._cgroup, CgroupV1):
+            procs = [str(folder / "cgroup.procs") for folder in self._cgroup.folders.values()]
+        elif isinstance(self._cgroup, CgroupV2):
+            procs = [str(self._cgroup.folder / "cgroup.procs")]
+        return {"target": target, "cgroup_procs": procs,
+                "namespaces": ["mnt", "pid", "net", "ipc", "uts"] + ([] if as_root else ["user"]),
+                "uid": NOBODY if as_root else None, "gid": NOBODY if as_root else None,
+                "rlimits": rlimits, "environment": {**self.sandbox.environment(), "PWD": self._inside_cwd},
+                "waiter": f"{IPC_INSIDE}/waiter", "argv": self._forkable_args}
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        server = self._fork_server()
+        if server is not None:
+            try:
+                return await self._launch_forked(server, **kw)
+            except kernel_forks.ForkFailed as err:
+                kernel_forks.give_up(str(err))
+                self.log.warning("Kernels start without the fork server from now on: %s", err)
+                await self._end_failed_fork()
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    async def _launch_forked(self, server, **kw):
+        waiter = [sys.executable, "-I", "-S", "-c", kernel_forks.WAITER, IPC_INSIDE]
+        cmd = self.sandbox.command(waiter, self._workcopy, self._inside_cwd, self._ipc_dir)
+        await super()._async_launch_kernel(self._cgroup.wrap(cmd) if self._cgroup else cmd, **kw)
+        ready, started = self._ipc_dir / "ready", time.monotonic()
+        while not ready.exists():
+            if self.provisioner.process.poll() is not None:
+                raise kernel_forks.ForkFailed(f"the sandbox ended as it started (exit code "
+                                              f"{self.provisioner.process.returncode})")
+            if time.monotonic() - started > FORK_WAIT:
+                raise kernel_forks.ForkFailed(f"the sandbox was not ready within {FORK_WAIT} s")
+            await asyncio.sleep(0.005)
+        target = _host_pid(self.provisioner.pid, int(ready.read_text()))
+        ready.unlink()
+        if target is None:
+            raise kernel_forks.ForkFailed("the sandbox's waiting process could not be found")
+        await asyncio.get_running_loop().run_in_executor(None, server.fork, self._fork_request(target), FORK_WAIT)
+
+    async def _end_failed_fork(self):
+        process = getattr(self.provisioner, "process", None)
+        if process is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                process.kill()
+                process.wait(timeout=10)
+        for name in ("ready", "ready.tmp", "waiter"):
+            with contextlib.suppress(OSError):
+                (self._ipc_dir / name).unlink()
 
     async def _async_post_start_kernel(self, **kw):
         await super()._async_post_start_kernel(**kw)

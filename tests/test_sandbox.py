@@ -130,13 +130,41 @@ print("VISIBLE", json.dumps(sorted(p for p in ("/srv", "/opt", "/var", "/mnt", "
 print("TOP", json.dumps(sorted(os.listdir("/"))))
 print("LISTING", json.dumps({p: sorted(os.listdir(p)) for p in ("/home", "/root", "/work") if os.path.isdir(p)}))
 '''.replace("PARTS", repr(MARKER_PARTS)).replace("import os, sys", "import json, os, sys"),
+    # What the kernel holds of the process it was forked from (autograder/kernel_forks.py).
+    "forked": '''
+import json, os, re, socket
+status = open("/proc/self/status").read()
+field = lambda name: re.search(rf"^{name}:\\s+(.*)$", status, re.MULTILINE)[1]
+print("COMMAND", json.dumps(open("/proc/self/cmdline").read().split("\\0")[2][:20]))
+print("CAPABILITIES", json.dumps([field(name) for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]))
+print("NO_NEW_PRIVS", field("NoNewPrivs"))
+print("PARENT", os.getppid())
+paths, sockets = set(), set()
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        continue
+    if target.startswith("/"):
+        paths.add(target)
+    elif target.startswith("socket:"):
+        try:
+            with socket.socket(fileno=os.dup(int(fd))) as held:
+                if held.family == socket.AF_UNIX:  # the server listens on one
+                    sockets.add(held.getsockname())
+        except OSError:
+            pass
+print("FILES", json.dumps(sorted(paths)))
+print("SOCKETS", json.dumps(sorted(sockets)))
+''',
 }
 
 
 # --- the class, graded as root and as an unprivileged user ---------------------------------------
 
 # Attacks that may cost the kernel its life run alone; the others share one submission.
-SUBMISSIONS = {"memory": ["memory"], "cpu": ["cpu"], "disk_processes_walk": ["disk", "processes", "walk"]}
+SUBMISSIONS = {"memory": ["memory"], "cpu": ["cpu"], "disk_processes_walk": ["disk", "processes", "walk"],
+               "forked": ["forked"]}
 WHERE = {attack: student for student, attacks in SUBMISSIONS.items() for attack in attacks}
 
 
@@ -546,3 +574,20 @@ def test_a_process_that_has_exited_holds_no_memory():
     gone.wait()
     assert _proportional_memory(gone.pid, 10**9) == 0
     assert 0 < _proportional_memory(os.getpid(), 10**9) < 10**9  # a live process: its own Pss
+
+
+def test_a_forked_kernel_keeps_nothing_of_the_server_and_no_privilege(attacked_class):
+    """Kernels are forked from a server that imported their modules (kernel_forks.py): the kernel
+    has no capability, no file or socket of the server, and the sandbox's init for a parent."""
+    mode, paths, _ = attacked_class
+    text, incident = attack_output(paths, "forked")
+    assert printed(text, "SOCKETS") is not None, f"{mode}: the probe did not finish ({incident})"
+    # Forked, not started from nothing: the process is the server's (python -c <its source>).
+    assert json.loads(printed(text, "COMMAND")).startswith('"""The fork server'), f"{mode}: not forked"
+    assert json.loads(printed(text, "CAPABILITIES")) == ["0000000000000000"] * 5, mode
+    assert printed(text, "NO_NEW_PRIVS") == "1", mode
+    assert printed(text, "PARENT") == "1", f"{mode}: the kernel is not a child of the sandbox's init"
+    files = json.loads(printed(text, "FILES"))
+    assert all(f == "/dev/null" or f.startswith("/home/learner/") for f in files), f"{mode}: {files}"
+    named = [name for name in json.loads(printed(text, "SOCKETS")) if name]  # socketpairs have none
+    assert named and all(name.startswith(f"{sandbox.IPC_INSIDE}/") for name in named), f"{mode}: {named}"

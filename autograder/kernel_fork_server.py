@@ -1,7 +1,7 @@
 """The fork server: a Python process that has imported ipykernel and an assignment's modules
 once, and forks a kernel from itself into each submission's sandbox (see kernel_forks.py).
 
-It runs as `python -c <this file's text> LISTEN_FD PRELOAD_JSON`, started by the grader with
+It runs as `python -c <this file's text> LISTEN_FD PRELOAD_JSON FOLDER`, started by the grader with
 the sandbox's environment and nothing else; it imports no module of the grader. Student code
 never runs in it: only in the kernels it forks, each of which first enters its own sandbox
 (every namespace of the bubblewrap process waiting there, and its cgroup), gives up every
@@ -21,6 +21,8 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,8 +66,10 @@ def _drop_capabilities(keep_effective: bool) -> None:
         _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
-def _enter(request: dict) -> None:
-    """In the forked child: join the sandbox's cgroup and namespaces, its root and its folder."""
+def _enter(request: dict, target_fd: int) -> None:
+    """In the forked child: join the sandbox's cgroup and namespaces, its root and its folder.
+    `target_fd` is a pidfd of the sandbox's waiting process: what was opened through its pid is
+    its own only if it is still alive once everything is open (a pid is reused only once freed)."""
     target = int(request["target"])
     for procs in request["cgroup_procs"]:
         with open(procs, "w") as file:
@@ -77,6 +81,10 @@ def _enter(request: dict) -> None:
     # namespaces: that owner is entered first (it grants the rights to enter the rest), the
     # command's own last, before the root changes (a chrooted process cannot enter one).
     owner = fcntl.ioctl(theirs["mnt"], NS_GET_USERNS)
+    try:
+        signal.pidfd_send_signal(target_fd, 0)
+    except OSError:
+        raise OSError("the sandbox ended before its kernel could enter it") from None
     # Read before any is entered: once in the sandbox's mount namespace, /proc is the sandbox's.
     current = {name: os.stat(f"/proc/self/ns/{name}").st_ino for name, _ in NAMESPACES}
     joined = set()
@@ -111,6 +119,15 @@ def _give_up_privileges(request: dict, keep_fd: int) -> None:
     """In the grandchild, inside the sandbox's pid namespace: what bubblewrap and setpriv do for
     a command, without exec: a session of its own, the sandbox's user (nobody under a root
     grader), no capabilities, no_new_privs, the submission's limits, no file of the server."""
+    # The server's files go first, before anything else can look at this process.
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's own handler (main) is not the kernel's
     os.setsid()
     uid, gid = request["uid"], request["gid"]
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
@@ -124,12 +141,6 @@ def _give_up_privileges(request: dict, keep_fd: int) -> None:
     _prctl(PR_SET_DUMPABLE, 1, "dumpable")  # as after an exec: its own /proc files stay its own
     for name, value in request["rlimits"].items():
         resource.setrlimit(RLIMITS[name], (value, value))
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    highest = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    os.closerange(3, keep_fd)
-    os.closerange(keep_fd + 1, highest)
     # The sandbox's waiting process learns whom to wait for: bubblewrap ends when the kernel does.
     with open(request["waiter"], "w") as waiter:
         os.unlink(request["waiter"])  # a pipe left behind would block a learner's walk over files
@@ -157,7 +168,7 @@ def _report(fd: int, text: str) -> None:
         pass
 
 
-def _fork_kernel(request: dict) -> dict:
+def _fork_kernel(request: dict, target_fd: int) -> dict:
     """Fork a child that enters the sandbox; there (a pid namespace takes only children) it forks
     a process that forks the kernel and ends at once, leaving the kernel to the sandbox's own
     init, inside, as any orphan of the sandbox is. The kernel's answer travels back up a pipe."""
@@ -166,7 +177,8 @@ def _fork_kernel(request: dict) -> dict:
     if child == 0:
         try:
             os.close(status_read)
-            _enter(request)
+            _enter(request, target_fd)
+            os.close(target_fd)
             ready_read, ready_write = os.pipe()
             inside = os.fork()
             if inside == 0:  # the first process inside the sandbox's pid namespace
@@ -207,9 +219,33 @@ def _fork_kernel(request: dict) -> dict:
     return {"ok": True} if answer == "ok" else {"ok": False, "error": answer or "no answer"}
 
 
+def _read_request(connection: socket.socket) -> tuple[dict, int]:
+    """One JSON line, and the pidfd that came with its first bytes."""
+    data, fds, _, _ = socket.recv_fds(connection, 65536, 1)
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a request comes with exactly one pidfd")
+    while not data.endswith(b"\n"):
+        more = connection.recv(65536)
+        if not more:
+            os.close(fds[0])
+            raise ValueError("the request ended before its line did")
+        data += more
+    return json.loads(data), fds[0]
+
+
 def main() -> None:
-    listener = socket.socket(fileno=int(sys.argv[1]))
-    _prctl(PR_SET_PDEATHSIG, 9, "parent death signal")  # the server goes with the grader
+    listener, folder = socket.socket(fileno=int(sys.argv[1])), sys.argv[3]
+
+    def end(signum, frame):  # the grader is gone: so are the server's socket and folder
+        shutil.rmtree(folder, ignore_errors=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, end)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, "parent death signal")
+    if os.getppid() == 1:  # the grader ended before the line above
+        end(None, None)
     for name in ["ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", *json.loads(sys.argv[2])]:
         try:
             importlib.import_module(name)
@@ -220,11 +256,15 @@ def main() -> None:
     while True:
         connection, _ = listener.accept()
         with connection:
+            target_fd = -1
             try:
-                request = json.loads(connection.makefile("r").readline())
-                answer = _fork_kernel(request)
+                request, target_fd = _read_request(connection)
+                answer = _fork_kernel(request, target_fd)
             except Exception as err:
                 answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+            finally:
+                if target_fd >= 0:
+                    os.close(target_fd)
             connection.sendall((json.dumps(answer) + "\n").encode())
 
 

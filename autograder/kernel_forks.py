@@ -38,9 +38,11 @@ from pathlib import Path
 SERVER_SOURCE = (Path(__file__).with_name("kernel_fork_server.py")).read_text()
 
 # Run by bubblewrap as the sandbox's command (from sandbox.IPC_INSIDE): "ready" holds its pid,
-# "waiter" (a pipe) gets the kernel's pid; it then waits for that process to end.
+# "waiter" (a pipe) gets the kernel's pid; it then waits for that process to end. Not dumpable,
+# so the kernel, running as the same user, can neither trace it nor take its files.
 WAITER = """
-import os, select, sys
+import ctypes, os, select, sys
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the kernel (same user) cannot trace it
 folder = sys.argv[1]
 os.mkfifo(folder + "/waiter", 0o600)
 with open(folder + "/ready.tmp", "w") as ready:
@@ -68,13 +70,14 @@ class ForkClient:
     def __init__(self, address: str):
         self.address = address
 
-    def fork(self, request: dict, timeout: float) -> None:
-        """Ask for a kernel in the sandbox described by `request`; ForkFailed says why not."""
+    def fork(self, request: dict, target_fd: int, timeout: float) -> None:
+        """Ask for a kernel in the sandbox described by `request`, whose waiting process
+        `target_fd` (a pidfd) is; ForkFailed says why not."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
                 connection.settimeout(timeout)
                 connection.connect(self.address)
-                connection.sendall((json.dumps(request) + "\n").encode())
+                socket.send_fds(connection, [(json.dumps(request) + "\n").encode()], [target_fd])
                 answer = json.loads(connection.makefile("r").readline() or "{}")
         except (OSError, ValueError) as err:
             raise ForkFailed(f"no answer from the fork server ({err})") from None
@@ -94,7 +97,7 @@ class ForkServer:
             listener.listen(16)
             # The sandbox's environment, nothing of the grader's; the root folder as working folder.
             self.process = subprocess.Popen(
-                [sys.executable, "-c", SERVER_SOURCE, str(listener.fileno()), json.dumps(preload)],
+                [sys.executable, "-c", SERVER_SOURCE, str(listener.fileno()), json.dumps(preload), str(self.folder)],
                 pass_fds=[listener.fileno()], env=environment, cwd="/", stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except BaseException:

@@ -840,11 +840,23 @@ class SandboxedKernelManager(GradingKernelManager):
             if time.monotonic() - started > FORK_WAIT:
                 raise kernel_forks.ForkFailed(f"the sandbox was not ready within {FORK_WAIT} s")
             await asyncio.sleep(0.005)
-        target = _host_pid(self.provisioner.pid, int(ready.read_text()))
+        inner = int(ready.read_text())
         ready.unlink()
+        target = _host_pid(self.provisioner.pid, inner)
         if target is None:
             raise kernel_forks.ForkFailed("the sandbox's waiting process could not be found")
-        await asyncio.get_running_loop().run_in_executor(None, server.fork, self._fork_request(target), FORK_WAIT)
+        try:
+            target_fd = os.pidfd_open(target)
+        except OSError as err:
+            raise kernel_forks.ForkFailed(f"the sandbox's waiting process ended ({err.strerror})") from None
+        try:
+            # Still the one found in this sandbox's tree: the pidfd holds that very process.
+            if _host_pid(self.provisioner.pid, inner) != target:
+                raise kernel_forks.ForkFailed("the sandbox's waiting process ended")
+            await asyncio.get_running_loop().run_in_executor(
+                None, server.fork, self._fork_request(target), target_fd, FORK_WAIT)
+        finally:
+            os.close(target_fd)
 
     async def _end_failed_fork(self):
         process = getattr(self.provisioner, "process", None)

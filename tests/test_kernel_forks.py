@@ -94,7 +94,7 @@ def test_a_forked_kernel_that_ends_takes_its_sandbox_and_children_along(tmp_path
 
 
 class _BrokenServer:
-    def fork(self, request, timeout):
+    def fork(self, request, target_fd, timeout):
         raise kernel_forks.ForkFailed("this machine does not allow it (a test)")
 
 

@@ -156,6 +156,14 @@ for fd in os.listdir("/proc/self/fd"):
             pass
 print("FILES", json.dumps(sorted(paths)))
 print("SOCKETS", json.dumps(sorted(sockets)))
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+traced = []
+for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+    if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
+        traced.append(pid)
+        libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+print("TRACED", json.dumps(traced))
 ''',
 }
 
@@ -578,7 +586,8 @@ def test_a_process_that_has_exited_holds_no_memory():
 
 def test_a_forked_kernel_keeps_nothing_of_the_server_and_no_privilege(attacked_class):
     """Kernels are forked from a server that imported their modules (kernel_forks.py): the kernel
-    has no capability, no file or socket of the server, and the sandbox's init for a parent."""
+    has no capability, no file or socket of the server, the sandbox's init for a parent, and
+    cannot trace the sandbox's other processes."""
     mode, paths, _ = attacked_class
     text, incident = attack_output(paths, "forked")
     assert printed(text, "SOCKETS") is not None, f"{mode}: the probe did not finish ({incident})"
@@ -591,3 +600,8 @@ def test_a_forked_kernel_keeps_nothing_of_the_server_and_no_privilege(attacked_c
     assert all(f == "/dev/null" or f.startswith("/home/learner/") for f in files), f"{mode}: {files}"
     named = [name for name in json.loads(printed(text, "SOCKETS")) if name]  # socketpairs have none
     assert named and all(name.startswith(f"{sandbox.IPC_INSIDE}/") for name in named), f"{mode}: {named}"
+    # Its sandbox holds bubblewrap's init (pid 1) and the waiting program. The waiting program
+    # cannot be traced. Bubblewrap's init, under an unprivileged grader, can, whichever way the
+    # kernel started: it runs as the kernel's user, without capabilities or files of the grader.
+    traced = json.loads(printed(text, "TRACED"))
+    assert set(traced) <= (set() if mode == "root" else {1}), f"{mode}: traced {traced}"

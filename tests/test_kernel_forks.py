@@ -2,7 +2,10 @@
 grade exactly as kernels started from nothing, end with their sandbox, and fall back to a
 start from nothing when a fork cannot be made. What a forked kernel holds and may do, as root
 and unprivileged, is tested with the other attacks in test_sandbox.py."""
+import json
 import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -51,7 +54,7 @@ def _kernel(tmp_path: Path, preload) -> SandboxedKernelManager:
     manager = SandboxedKernelManager(kernel_name="python3")
     manager.sandbox = Sandbox()
     manager.fork_preload = preload
-    (tmp_path / "work").mkdir()
+    (tmp_path / "work").mkdir(parents=True)
     run_sync(manager.start_kernel)(cwd=str(tmp_path / "work"))
     return manager
 
@@ -109,3 +112,43 @@ def test_a_kernel_that_cannot_be_forked_starts_from_nothing(tmp_path, sandboxed,
         assert command.startswith("import sys;"), command  # kernel_command.LAUNCHER: from nothing
     finally:
         run_sync(manager.shutdown_kernel)(now=True)
+
+
+def test_a_forked_kernel_has_the_environment_of_one_started_from_nothing(tmp_path, sandboxed, monkeypatch):
+    """The server's modules set variables as it imports them (scikit-learn's KMP_*); a kernel that
+    imported them itself has them too."""
+    code = ("import json, os, sklearn.linear_model\n"
+            "print(json.dumps(sorted((k, v) for k, v in os.environ.items() if k != 'PWD')))")
+    seen = {}
+    for forked in (True, False):
+        monkeypatch.setenv("CICD_FORK_KERNELS", "1" if forked else "0")
+        manager = _kernel(tmp_path / str(forked), ["sklearn.linear_model"])
+        try:
+            seen[forked] = json.loads(_run(manager, code))
+            command = _run(manager, "print(open('/proc/self/cmdline').read().split(chr(0))[2][:18])")
+            assert command.startswith('"""The fork server') == forked, command
+        finally:
+            run_sync(manager.shutdown_kernel)(now=True)
+    assert any(name.startswith("KMP_") for name, _ in seen[False]), seen[False]
+    assert seen[True] == seen[False]
+
+
+def test_the_server_outlives_a_client_that_hangs_up(sandboxed):
+    """A worker that gives up waiting (or is killed) mid-request must not end the server that
+    the other workers share."""
+    client = kernel_forks.server([], Sandbox.environment())
+    bogus = {"target": os.getpid(), "cgroup_procs": [], "namespaces": ["mnt"], "uid": None, "gid": None,
+             "rlimits": {}, "environment": {}, "waiter": "/nonexistent", "argv": []}
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        target_fd = os.pidfd_open(process.pid)
+        for _ in range(3):  # asks, and hangs up before the answer
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.connect(client.address)
+                socket.send_fds(connection, [(json.dumps(bogus) + "\n").encode()], [target_fd])
+        with pytest.raises(kernel_forks.ForkFailed, match="shares these namespaces"):
+            client.fork(bogus, target_fd, 30)  # still there, and refusing a target outside a sandbox
+        os.close(target_fd)
+    finally:
+        process.kill()
+        process.wait()

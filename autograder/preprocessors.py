@@ -50,9 +50,11 @@ class GuardedExecute(Execute):
     interrupt_on_timeout = Bool(False).tag(config=True)
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     hide_paths = List(Unicode(), help="Host folders the kernel must not see").tag(config=True)
-    # Set by the grading pool: kernels are forked from a server that has imported these modules
-    # (autograder.kernel_forks), the pool's own at `fork_address` if given; None: from nothing.
-    fork_preload = None
+    # Kernels are forked from a server that has imported these modules (autograder.kernel_forks):
+    # the grading pool's own at `fork_address` if given, else one of this process's. Set from the
+    # released notebook (pool.modules_to_preload), never from a submission; None: from nothing.
+    fork_preload = List(Unicode(), default_value=None, allow_none=True,
+                        help="Modules the kernels' fork server imports").tag(config=True)
     fork_address = None
 
     def create_kernel_manager(self):

@@ -310,9 +310,9 @@ def lint_notebook(source_path: Path, reference_result: dict) -> list[Finding]:
     findings = [Finding(name, w.split(" ", 1)[0], "warning", w.split(" ", 1)[1])
                 for w in reference_result.get("warnings", [])]
     findings += giveaway_findings(source_nb, name)
-    blank = {reports.grade_id(c): c for c in reference.execute_in_copy(source_path, nb=blank_release(source_nb)).cells
+    blank = {reports.grade_id(c): c for c in reference.execute_in_copy(source_path, nb=blank_release(source_nb), sandboxed=True).cells
              if reports.is_grade_cell(c)}
-    attacked = {reports.grade_id(c): c for c in reference.execute_in_copy(source_path, nb=attacked_stub(source_nb)).cells
+    attacked = {reports.grade_id(c): c for c in reference.execute_in_copy(source_path, nb=attacked_stub(source_nb), sandboxed=True).cells
                 if reports.is_grade_cell(c)}
     for cell in source_nb.cells:
         if not reports.is_grade_cell(cell):

@@ -17,24 +17,32 @@ from nbclient import NotebookClient
 
 from . import AutograderError, reports
 from .kernel_command import GradingKernelManager
+from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 RUN_TIMEOUT = 120  # seconds per cell of the reference solution
 
 
-def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None) -> nbformat.NotebookNode:
+def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None, sandboxed: bool = False) -> nbformat.NotebookNode:
     """Execute a notebook (or `nb`, run as if it were that notebook) in a scratch copy of its
-    folder, so that it writes nothing in place."""
+    folder, so that it writes nothing in place. `sandboxed`: in a kernel forked into a sandbox,
+    as a submission's (where bubblewrap works): the reference solution and lint's controls then
+    run where the learners' code runs, and cost a fork instead of a kernel's imports."""
     with tempfile.TemporaryDirectory(prefix="cicd-run-") as scratch:
         folder = Path(scratch) / notebook.parent.name
         shutil.copytree(notebook.parent, folder)
         nb = nbformat.read(folder / notebook.name, as_version=4) if nb is None else nb
-        # Unix sockets in the scratch folder, as the sandbox uses: nothing listens on the network.
-        ipc = Path(scratch) / "ipc"
-        ipc.mkdir(mode=0o700)
-        km = GradingKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc / "kernel"),
-                                  connection_file=str(ipc / "connection.json"))
-        km.tmpdir = str(Path(scratch) / "tmp")  # what the notebook makes with tempfile goes with the scratch
-        Path(km.tmpdir).mkdir()
+        if sandboxed and isolation_status() == "bubblewrap":
+            from .pool import modules_to_preload
+            km = SandboxedKernelManager(kernel_name="python3")
+            km.sandbox, km.fork_preload = Sandbox(), modules_to_preload(folder)
+        else:
+            # Unix sockets in the scratch folder, as the sandbox uses: nothing listens on the network.
+            ipc = Path(scratch) / "ipc"
+            ipc.mkdir(mode=0o700)
+            km = GradingKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc / "kernel"),
+                                      connection_file=str(ipc / "connection.json"))
+            km.tmpdir = str(Path(scratch) / "tmp")  # what the notebook makes with tempfile goes with the scratch
+            Path(km.tmpdir).mkdir()
         client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=True, kernel_name="python3",
                                 resources={"metadata": {"path": str(folder)}})
         client.execute(cleanup_kc=True)  # also shuts the kernel down, though it was handed in
@@ -51,7 +59,7 @@ def compute(source_notebook: Path) -> dict:
     A test cell that calls report() must pass and report something. An assert-only cell (stock
     nbgrader style) is graded the stock way, so it needs no reference values: it is listed in
     "stock_cells", and a failure of it on the reference is a warning, not a refusal."""
-    nb = execute_in_copy(source_notebook)
+    nb = execute_in_copy(source_notebook, sandboxed=True)
     cells = reports.reference_reports(nb)
     problems, warnings, stock = [], [], []
     for cell in nb.cells:

@@ -11,7 +11,7 @@ The kernel process's own stdout and stderr are dropped: only noise reaches them 
 warning that it has no debugger; rarely, a libzmq assertion as a kernel stops), and the output
 of its cells travels over its sockets.
 
-A kernel that runs on the host (a reference solution, lint's controls) can also be given its own
+A kernel that runs on the host (a learner's self-check, mutation testing) can also be given its own
 temporary folder: exercises make scratch folders with `tempfile`, and on the host's /tmp every
 run of them would leave its folders behind (the sandbox's /tmp disappears with the sandbox).
 """

@@ -1,7 +1,8 @@
 """The reference solution's check results: what every grade cell must report to earn its points.
 
 Computed by running the instructor's source notebook (trusted code) in a scratch copy of its
-assignment folder, and kept in the class folder, which students never see. A result is
+assignment folder, in a sandboxed kernel as a submission's (so both run in the same place), and
+kept in the class folder, which students never see. A result is
 recomputed whenever its source notebook changes (its sha256 is stored beside it).
 """
 from __future__ import annotations

@@ -86,7 +86,7 @@ class ForkClient:
 
 
 class ForkServer:
-    """One server process; it ends with this process."""
+    """One server process, for kernels that preload the same modules; it ends with this process."""
 
     def __init__(self, preload: list[str], environment: dict[str, str]):
         self.folder = Path(tempfile.mkdtemp(prefix="cicd-forks-"))  # 0700: the grader's own
@@ -125,14 +125,12 @@ def enabled() -> bool:
 
 
 def server(preload: list[str], environment: dict[str, str]) -> ForkClient | None:
-    """A client of this process's server (started on first use with `preload`, and kept until
-    this process ends: one serves every assignment, the grader asks for every released
-    notebook's modules at once), or None where kernels are not forked. The environment must be
-    the sandbox's: the server imports with it, and the kernels keep what their modules read of
-    it. A kernel imports itself whatever its server has not."""
+    """A client of this process's server for `preload` (started on first use and kept until this
+    process ends), or None where kernels are not forked. The environment must be the
+    sandbox's: the server imports with it, and the kernels keep what their modules read of it."""
     if not enabled():
         return None
-    key = tuple(sorted(environment.items()))
+    key = (tuple(preload), tuple(sorted(environment.items())))
     with _servers_lock:
         found = _servers.get(key)
         if found is None or found.process.poll() is not None:

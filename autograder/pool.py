@@ -96,13 +96,6 @@ def modules_to_preload(release_folder: Path) -> list[str]:
     return sorted(name for name in names if is_installed(name))
 
 
-def course_modules(assignments: Path) -> list[str]:
-    """modules_to_preload of every assignment folder in `assignments` (the released exercises, or
-    their sources), together: what a kernel fork server imports, so that one serves them all."""
-    folders = [assignments] + sorted(f for f in assignments.glob("*") if f.is_dir())
-    return sorted({name for folder in folders for name in modules_to_preload(folder)})
-
-
 @contextlib.contextmanager
 def _grading_env():
     """NBGRADER_EXECUTION=autograde, as nbgrader sets it for the kernels it starts; put back as it
@@ -429,12 +422,12 @@ def _context():
 
 
 def _fork_address(paths: ClassPaths, assignment: str) -> str | None:
-    """The address of this process's kernel fork server, shared by its workers (and kept for
-    later runs and other assignments: starting one costs what it saves on a kernel or two)."""
+    """The address of this process's kernel fork server for the assignment, shared by its
+    workers (and kept for later runs: starting one costs what it saves on a kernel or two)."""
     if isolation_status() != "bubblewrap":
         return None
     try:
-        found = kernel_forks.server(course_modules(paths.release), Sandbox.environment())
+        found = kernel_forks.server(modules_to_preload(paths.release / assignment), Sandbox.environment())
     except OSError:  # no server: each kernel starts from nothing, as before
         return None
     return found.address if found else None

@@ -33,9 +33,9 @@ def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None, sandbox
         shutil.copytree(notebook.parent, folder)
         nb = nbformat.read(folder / notebook.name, as_version=4) if nb is None else nb
         if sandboxed and isolation_status() == "bubblewrap":
-            from .pool import course_modules
+            from .pool import modules_to_preload
             km = SandboxedKernelManager(kernel_name="python3")
-            km.sandbox, km.fork_preload = Sandbox(), course_modules(notebook.parent.parent)
+            km.sandbox, km.fork_preload = Sandbox(), modules_to_preload(folder)
         else:
             # Unix sockets in the scratch folder, as the sandbox uses: nothing listens on the network.
             ipc = Path(scratch) / "ipc"

@@ -5,7 +5,7 @@ Each run starts a kernel in its own bubblewrap sandbox, as the grader does, runs
 imports what the assignment's released notebook imports (what every submission does first) and
 stops it. The two ways alternate, so load changes hit both alike. The figure is the CPU time of
 the submission's own cgroup (everything that ran in its sandbox), read before the kernel stops;
-the server's own start, paid once per grading process, is printed apart. It needs
+the server's own start, paid once per assignment and grading process, is printed apart. It needs
 bubblewrap and a cgroup the grader writes itself (root on cgroup v1 or v2).
 
     python benchmarks/kernel_forks.py                        # ex03_model_gate, 8 kernels each way

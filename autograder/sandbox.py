@@ -152,8 +152,14 @@ class Cgroup:
 
     kind = ""
 
+    def procs_files(self) -> list[Path] | None:
+        """The files a process writes its pid into to join the group; None where a process
+        cannot join it that way (a systemd scope takes only what systemd-run starts)."""
+        return None
+
     def wrap(self, cmd: list[str]) -> list[str]:
-        return cmd
+        procs = self.procs_files()
+        return cmd if procs is None else _join_and_exec(procs, cmd)
 
     def cpu_seconds(self) -> float | None:
         return None
@@ -211,8 +217,8 @@ class CgroupV1(Cgroup):
             (memory / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_bytes))
         (self.folders["pids"] / "pids.max").write_text(str(limits.processes))
 
-    def wrap(self, cmd):
-        return _join_and_exec([f / "cgroup.procs" for f in self.folders.values()], cmd)
+    def procs_files(self):
+        return [f / "cgroup.procs" for f in self.folders.values()]
 
     def cpu_seconds(self):
         try:
@@ -243,8 +249,8 @@ class CgroupV2(Cgroup):
             self.folder.rmdir()
             raise
 
-    def wrap(self, cmd):
-        return _join_and_exec([self.folder / "cgroup.procs"], cmd)
+    def procs_files(self):
+        return [self.folder / "cgroup.procs"]
 
     def cpu_seconds(self):
         try:
@@ -517,14 +523,18 @@ class Sandbox:
                 found.append(str(resolved))
         return found
 
+    def rlimits(self) -> dict[str, int]:
+        """Each process's limits, by prlimit's names: address space, file size, CPU time, and
+        processes where no cgroup counts them (a kernel bubblewrap starts, or a forked one)."""
+        found = {"as": self.limits.address_space_bytes, "fsize": self.limits.disk_bytes,
+                 "cpu": self.limits.cpu_seconds}
+        as_root = os.geteuid() == 0
+        if not cgroup_support()[0] and not (as_root and not self.isolated):  # RLIMIT_NPROC does not bind root
+            found["nproc"] = tasks_of_user(NOBODY if as_root else os.getuid()) + self.limits.processes
+        return found
+
     def _rlimits(self) -> list[str]:
-        cmd = ["prlimit", f"--as={self.limits.address_space_bytes}", f"--fsize={self.limits.disk_bytes}",
-               f"--cpu={self.limits.cpu_seconds}"]
-        if not cgroup_support()[0]:
-            uid = NOBODY if os.geteuid() == 0 and self.isolated else os.getuid()
-            if not (os.geteuid() == 0 and not self.isolated):  # RLIMIT_NPROC does not bind root
-                cmd.append(f"--nproc={tasks_of_user(uid) + self.limits.processes}")
-        return cmd
+        return ["prlimit", *(f"--{name}={value}" for name, value in self.rlimits().items())]
 
 
 def python_roots() -> set[str]:
@@ -792,8 +802,8 @@ class SandboxedKernelManager(GradingKernelManager):
     def _fork_server(self):
         if getattr(self, "_forkable_args", None) is None or not kernel_forks.enabled():
             return None
-        if self._cgroup is not None and not isinstance(self._cgroup, (CgroupV1, CgroupV2)):
-            return None  # a systemd scope takes only the processes systemd-run starts
+        if self._cgroup is not None and self._cgroup.procs_files() is None:
+            return None  # the forked kernel could not join the submission's cgroup
         if self.fork_address:
             return kernel_forks.ForkClient(self.fork_address)
         if self.fork_preload is not None:
@@ -801,20 +811,12 @@ class SandboxedKernelManager(GradingKernelManager):
         return None
 
     def _fork_request(self, target: int) -> dict:
-        limits = self.sandbox.limits
-        rlimits = {"as": limits.address_space_bytes, "fsize": limits.disk_bytes, "cpu": limits.cpu_seconds}
         as_root = os.geteuid() == 0
-        if not cgroup_support()[0]:  # as _rlimits sets it for a kernel bubblewrap starts
-            rlimits["nproc"] = tasks_of_user(NOBODY if as_root else os.getuid()) + limits.processes
-        procs = []
-        if isinstance(self._cgroup, CgroupV1):
-            procs = [str(folder / "cgroup.procs") for folder in self._cgroup.folders.values()]
-        elif isinstance(self._cgroup, CgroupV2):
-            procs = [str(self._cgroup.folder / "cgroup.procs")]
+        procs = [str(path) for path in self._cgroup.procs_files()] if self._cgroup else []
         return {"target": target, "cgroup_procs": procs,
                 "namespaces": ["mnt", "pid", "net", "ipc", "uts"] + ([] if as_root else ["user"]),
                 "uid": NOBODY if as_root else None, "gid": NOBODY if as_root else None,
-                "rlimits": rlimits, "environment": {**self.sandbox.environment(), "PWD": self._inside_cwd},
+                "rlimits": self.sandbox.rlimits(), "environment": {**self.sandbox.environment(), "PWD": self._inside_cwd},
                 "waiter": f"{IPC_INSIDE}/waiter", "argv": self._forkable_args}
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):

@@ -170,10 +170,28 @@ def _report(fd: int, text: str) -> None:
         pass
 
 
+def _kernel_from_inside(request: dict, ready: int) -> int:
+    """The first process inside the sandbox's pid namespace: it forks the kernel and ends (0),
+    leaving the kernel to the sandbox's own init, inside, as any orphan of the sandbox is. The
+    kernel says on `ready` whether it could give up everything, and only then runs."""
+    if os.fork() != 0:
+        return 0
+    try:
+        _give_up_privileges(request, ready)
+    except BaseException as err:
+        _report(ready, f"{type(err).__name__}: {err}")
+        raise
+    _report(ready, "ok")
+    os.close(ready)
+    code = _run_kernel()
+    import atexit
+    atexit._run_exitfuncs()
+    return code
+
+
 def _fork_kernel(request: dict, target_fd: int) -> dict:
-    """Fork a child that enters the sandbox; there (a pid namespace takes only children) it forks
-    a process that forks the kernel and ends at once, leaving the kernel to the sandbox's own
-    init, inside, as any orphan of the sandbox is. The kernel's answer travels back up a pipe."""
+    """Fork a child that enters the sandbox and forks there (a pid namespace takes only
+    children) the process that forks the kernel. The kernel's answer travels back up pipes."""
     status_read, status_write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -184,24 +202,12 @@ def _fork_kernel(request: dict, target_fd: int) -> dict:
             os.close(target_fd)
             ready_read, ready_write = os.pipe()
             inside = os.fork()
-            if inside == 0:  # the first process inside the sandbox's pid namespace
+            if inside == 0:
                 code = 1
                 try:
                     os.close(ready_read)
                     os.close(status_write)
-                    if os.fork() != 0:
-                        code = 0
-                    else:
-                        try:
-                            _give_up_privileges(request, ready_write)
-                        except BaseException as err:
-                            _report(ready_write, f"{type(err).__name__}: {err}")
-                            raise
-                        _report(ready_write, "ok")
-                        os.close(ready_write)
-                        code = _run_kernel()
-                        import atexit
-                        atexit._run_exitfuncs()
+                    code = _kernel_from_inside(request, ready_write)
                 finally:
                     os._exit(code)  # never back into the server's loop
             os.close(ready_write)

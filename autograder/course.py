@@ -597,11 +597,9 @@ def feedback(paths: ClassPaths, assignment: str, student: str | None = None) -> 
         raise AutograderError(f"'{student}' has no graded '{assignment}'; graded: {', '.join(graded)}")
     from . import feedback as learner_feedback  # the summary page and the pending-grade warning
     # Hidden tests never shown: the page is a visible-only run plus the grader's own verdicts.
-    from .pool import modules_to_preload
     grader = api(paths, **learner_feedback.config_sections(),
                  VisibleOnlyFeedback={"staged_dir": str(paths.staged), "reference_dir": str(paths.reference)},
-                 GuardedExecute={"hide_paths": hidden_from_students(paths),
-                                 "fork_preload": modules_to_preload(paths.release / assignment)})
+                 GuardedExecute={"hide_paths": hidden_from_students(paths), "release_dir": str(paths.release)})
     _checked(grader.generate_feedback(assignment, student, force=True), f"feedback for {assignment}")
     _exchange_ok(paths)
     notes = []

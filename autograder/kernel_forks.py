@@ -24,7 +24,9 @@ a systemd scope for a cgroup, a kernel that will not enter its sandbox) kernels 
 """
 from __future__ import annotations
 
+import ast
 import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -57,6 +59,37 @@ except (ValueError, OSError):
     sys.exit(3)
 select.select([watched], [], [])
 """
+
+
+def modules_to_preload(release_folder: Path) -> list[str]:
+    """Installed modules that the released notebook's own cells import (its setup and test
+    cells, never an answer): every submission imports them anyway, so a fork server imports
+    them once, and a kernel started ahead while it waits. A learner's code still has to import
+    what it uses."""
+    names: set[str] = set()
+    for path in sorted(release_folder.glob("*.ipynb")):
+        for cell in json.loads(path.read_text()).get("cells", []):
+            if cell.get("cell_type") != "code" or cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+                continue
+            try:
+                tree = ast.parse("".join(cell.get("source", "")))
+            except SyntaxError:  # cell magics and the like
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module)
+    installed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix}]
+
+    def is_installed(name: str) -> bool:
+        spec = importlib.util.find_spec(name.split(".")[0])
+        origin = getattr(spec, "origin", None) if spec else None
+        if spec is None or origin in (None, "built-in", "frozen"):
+            return spec is not None
+        return any(Path(origin).resolve().is_relative_to(root) for root in installed)
+
+    return sorted(name for name in names if is_installed(name))
 
 
 class ForkFailed(Exception):

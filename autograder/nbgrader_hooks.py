@@ -29,11 +29,7 @@ def defend(c) -> None:
                                            LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     c.RebuildSubmission.release_dir = str(repo / "course")
     c.GuardedExecute.hide_paths = [str(repo), str(class_dir), str(exchange)]
-    # Kernels forked from a server that imported what any released notebook imports (the
-    # assignment is not known yet here); only released notebooks decide it, never a submission.
-    from .pool import modules_to_preload
-    released = [folder for folder in sorted((repo / "course").glob("*")) if folder.is_dir()]
-    c.GuardedExecute.fork_preload = sorted({name for folder in released for name in modules_to_preload(folder)})
+    c.GuardedExecute.release_dir = str(repo / "course")  # what its fork server imports comes from there
     c.DecideVerdicts.reference_dir = str(class_dir / "reference")
     c.DecideVerdicts.source_dir = str(repo / "solutions")
     for section, values in feedback.config_sections().items():  # the same page as `python -m autograder feedback`

@@ -24,18 +24,14 @@ only, which decides.
 """
 from __future__ import annotations
 
-import ast
 import collections
 import contextlib
-import importlib.util
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import queue
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -49,6 +45,7 @@ from nbgrader.preprocessors import SaveAutoGrades
 
 from . import AutograderError, course, kernel_forks
 from .config import ClassPaths, load_course_config
+from .kernel_forks import modules_to_preload
 from .preprocessors import GuardedExecute
 from .sandbox import Sandbox, isolation_status
 
@@ -65,35 +62,6 @@ def split_preprocessors() -> tuple[list, list]:
     return steps[:cut], steps[cut:]
 STOP_SIGNAL = signal.SIGUSR1  # nbclient takes over SIGINT and SIGTERM while a notebook runs
 
-
-def modules_to_preload(release_folder: Path) -> list[str]:
-    """Installed modules that the released notebook's own cells import (its setup and test
-    cells, never an answer): every submission imports them anyway, so a kernel started ahead
-    imports them while it waits. A learner's code still has to import what it uses."""
-    names: set[str] = set()
-    for path in sorted(release_folder.glob("*.ipynb")):
-        for cell in json.loads(path.read_text()).get("cells", []):
-            if cell.get("cell_type") != "code" or cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
-                continue
-            try:
-                tree = ast.parse("".join(cell.get("source", "")))
-            except SyntaxError:  # cell magics and the like
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    names.update(alias.name for alias in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    names.add(node.module)
-    installed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix}]
-
-    def is_installed(name: str) -> bool:
-        spec = importlib.util.find_spec(name.split(".")[0])
-        origin = getattr(spec, "origin", None) if spec else None
-        if spec is None or origin in (None, "built-in", "frozen"):
-            return spec is not None
-        return any(Path(origin).resolve().is_relative_to(root) for root in installed)
-
-    return sorted(name for name in names if is_installed(name))
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Any, Bool, Enum, Integer, List, Unicode
 
 from . import AutograderError, reference, reports, submission
+from .kernel_forks import modules_to_preload
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 VERDICT_ERROR = "CheckFailed"
@@ -50,19 +51,30 @@ class GuardedExecute(Execute):
     interrupt_on_timeout = Bool(False).tag(config=True)
     shutdown_kernel = Enum(["graceful", "immediate"], default_value="immediate").tag(config=True)
     hide_paths = List(Unicode(), help="Host folders the kernel must not see").tag(config=True)
-    # Kernels are forked from a server that has imported these modules (autograder.kernel_forks):
-    # the grading pool's own at `fork_address` if given, else one of this process's. Set from the
-    # released notebook (pool.modules_to_preload), never from a submission; None: from nothing.
+    # Kernels are forked from a server that has imported their modules (autograder.kernel_forks):
+    # the grading pool's own at `fork_address` if given, else one of this process's, importing
+    # `fork_preload` or, without it, what the assignment's released notebooks import (never what
+    # a submission imports); with neither, each kernel starts from nothing.
     fork_preload = List(Unicode(), default_value=None, allow_none=True,
                         help="Modules the kernels' fork server imports").tag(config=True)
+    release_dir = Unicode("", help="The released assignments, whose imports a fork server makes").tag(config=True)
     fork_address = None
+
+    def _preload_for(self, resources) -> list[str] | None:
+        if self.fork_preload is not None:
+            return self.fork_preload
+        assignment = (resources or {}).get("nbgrader", {}).get("assignment")
+        if self.release_dir and assignment:
+            return modules_to_preload(Path(self.release_dir) / assignment)
+        return None
 
     def create_kernel_manager(self):
         self.kernel_manager_class = SandboxedKernelManager
         manager = super().create_kernel_manager()
         isolated = self.isolate and isolation_status() == "bubblewrap"
         manager.sandbox = Sandbox(hide=list(self.hide_paths), isolated=isolated)
-        manager.fork_preload, manager.fork_address = self.fork_preload, self.fork_address
+        manager.fork_preload = getattr(self, "_preload", self.fork_preload)
+        manager.fork_address = self.fork_address
         self._sandboxed_manager = manager  # nbclient drops self.km at cleanup; its verdict on limits stays
         return manager
 
@@ -87,6 +99,7 @@ class GuardedExecute(Execute):
     startup_timeout = Integer(30, help="Seconds a new kernel has to answer its first request").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
+        self._preload = self._preload_for(resources)
         for attempt in range(1, max(1, self.kernel_attempts) + 1):
             self._running_cell = None
             self._deadline = time.monotonic() + self.total_timeout

@@ -18,6 +18,7 @@ from nbclient import NotebookClient
 
 from . import AutograderError, reports
 from .kernel_command import GradingKernelManager
+from .kernel_forks import modules_to_preload
 from .sandbox import Sandbox, SandboxedKernelManager, isolation_status
 
 RUN_TIMEOUT = 120  # seconds per cell of the reference solution
@@ -33,7 +34,6 @@ def execute_in_copy(notebook: Path, timeout: int = RUN_TIMEOUT, nb=None, sandbox
         shutil.copytree(notebook.parent, folder)
         nb = nbformat.read(folder / notebook.name, as_version=4) if nb is None else nb
         if sandboxed and isolation_status() == "bubblewrap":
-            from .pool import modules_to_preload
             km = SandboxedKernelManager(kernel_name="python3")
             km.sandbox, km.fork_preload = Sandbox(), modules_to_preload(folder)
         else:

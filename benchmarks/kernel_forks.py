@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from jupyter_client.utils import run_sync  # noqa: E402
 
 from autograder import kernel_forks  # noqa: E402
-from autograder.pool import modules_to_preload  # noqa: E402
+from autograder.kernel_forks import modules_to_preload  # noqa: E402
 from autograder.sandbox import Sandbox, SandboxedKernelManager, cgroup_support, isolation_status  # noqa: E402
 
 

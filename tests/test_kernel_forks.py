@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.utils import run_sync
+from traitlets.config import Config
 
 from autograder import course, kernel_forks
+from autograder.nbgrader_hooks import defend
+from autograder.preprocessors import GuardedExecute
 from autograder.sandbox import Sandbox, SandboxedKernelManager, isolation_status
-from conftest import fixture_notebook, generated_course_copy, skip_or_fail, submit_directly
+from conftest import REPO, fixture_notebook, generated_course_copy, skip_or_fail, submit_directly
 
 ASSIGNMENT = "ex03_model_gate"
 CASES = ["correct", "partial", "swapped_thresholds", "blank"]
@@ -152,3 +155,20 @@ def test_the_server_outlives_a_client_that_hangs_up(sandboxed):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_kernel_outside_the_grading_pool_preloads_its_own_assignments_modules():
+    """nbgrader's own autograde and feedback fork their kernels from a server that imports what
+    that assignment's released notebooks import: not every exercise's (ex02's kernels would carry
+    scikit-learn's address space into their RLIMIT_AS), and never what a submission imports."""
+    release = REPO / "course"
+    resources = {"nbgrader": {"assignment": "ex02_data_gate"}}
+    config = Config()  # what nbgrader_config.py gives nbgrader's own commands
+    config.CourseDirectory.root, config.Exchange.root = str(REPO), "/nonexistent/exchange"
+    config.CourseDirectory.submitted_directory = "/nonexistent/class/submitted"
+    defend(config)
+    preload = GuardedExecute(config=config)._preload_for(resources)
+    assert preload == kernel_forks.modules_to_preload(release / "ex02_data_gate")
+    assert "pandas" in preload and not any(name.startswith("sklearn") for name in preload)
+    assert GuardedExecute()._preload_for(resources) is None  # no release: each kernel from nothing
+    assert GuardedExecute(release_dir=str(release), fork_preload=["json"])._preload_for(resources) == ["json"]

@@ -351,7 +351,7 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
                 notes = ([f"{raw.name}: {problem}; it was graded as unanswered"] if problem else []) + notes
                 if notes:
                     shown.cells.insert(0, submission.notes_cell(notes))
-                note = self._run_visible(shown, folder)
+                note = self._run_visible(shown, folder, info)
         elif not staged.is_file():
             shown = copy.deepcopy(nb)
             for cell in shown.cells:
@@ -361,7 +361,7 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
             note = "the graded copy of your notebook is no longer available, so only the grader's verdicts are shown"
         else:
             shown = nbformat.read(staged, as_version=4)
-            note = self._run_visible(shown, staged.parent)
+            note = self._run_visible(shown, staged.parent, info)
         for cell in shown.cells:
             if cell.get("cell_type") != "code":
                 continue
@@ -380,7 +380,7 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
         nb.metadata = shown.metadata  # the graded run's metadata (its incident text) is not shown either
         return nb, resources
 
-    def _run_visible(self, visible, folder: Path) -> str:
+    def _run_visible(self, visible, folder: Path, info: dict) -> str:
         """Execute the visible-only notebook in the sandbox; '' or a note saying why outputs are missing."""
         for cell in visible.cells:
             if cell.get("cell_type") == "code":
@@ -389,7 +389,8 @@ class VisibleOnlyFeedback(NbGraderPreprocessor):
         if not (runner.isolate and isolation_status() == "bubblewrap"):
             return ("outputs are not shown: this grader runs without a sandbox, so a run of your notebook "
                     "could have read the hidden tests from disk")
-        runner.preprocess(visible, {"metadata": {"path": str(folder)}})
+        # The assignment tells GuardedExecute what its fork server imports (release_dir).
+        runner.preprocess(visible, {"metadata": {"path": str(folder)}, "nbgrader": {"assignment": info["assignment"]}})
         CapOutputs(parent=self).preprocess(visible, {})
         return ""
 

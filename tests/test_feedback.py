@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autograder import course
+from autograder import course, kernel_forks
+from autograder.sandbox import isolation_status
+from conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "ex01_pipeline"
@@ -61,3 +63,17 @@ def test_the_command_line_warns_about_pending_manual_grades(assignment, graded_f
     err = capsys.readouterr().err
     assert code == 0
     assert "WARNING: correct's feedback for ex01_pipeline was released with manual grades pending (tradeoff_answer)" in err
+
+
+@pytest.mark.parametrize("assignment", [ASSIGNMENT])
+def test_feedback_forks_its_visible_only_run_from_the_assignments_server(assignment, graded_fixtures, monkeypatch):
+    """Feedback re-runs a notebook without its hidden tests: that kernel, too, is forked from a
+    fork server importing the assignment's own modules (the run is told its assignment)."""
+    if isolation_status() != "bubblewrap":
+        skip_or_fail(f"feedback shows no outputs without the sandbox: {isolation_status()}")
+    paths, _ = graded_fixtures(assignment)
+    asked, serve = [], kernel_forks.server
+    monkeypatch.setattr(kernel_forks, "server", lambda preload, environment: asked.append(preload) or
+                        serve(preload, environment))
+    pages, _ = course.feedback(paths, ASSIGNMENT, "correct")
+    assert pages and asked == [kernel_forks.modules_to_preload(paths.release / ASSIGNMENT)]

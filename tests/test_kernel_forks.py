@@ -172,3 +172,4 @@ def test_a_kernel_outside_the_grading_pool_preloads_its_own_assignments_modules(
     assert "pandas" in preload and not any(name.startswith("sklearn") for name in preload)
     assert GuardedExecute()._preload_for(resources) is None  # no release: each kernel from nothing
     assert GuardedExecute(release_dir=str(release), fork_preload=["json"])._preload_for(resources) == ["json"]
+

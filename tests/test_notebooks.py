@@ -13,10 +13,17 @@ EXPECTED_LESSONS = ["00_start_here", "01_why_models_change_cicd", "02_data_gates
                     "07_promotion_and_rollback", "08_anti_patterns_and_self_assessment"]
 
 
+def _in_virtual_environment(path: Path) -> bool:
+    """Inside a virtual environment made in the checkout (`python -m venv .venv`, as many do):
+    its packages' notebooks (nbgrader's documentation) are not the course's."""
+    return any((REPO / folder / "pyvenv.cfg").is_file() for folder in path.relative_to(REPO).parents)
+
+
 def tracked_notebooks():
     out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO, capture_output=True, text=True).stdout.split()
     on_disk = {p.relative_to(REPO).as_posix() for p in REPO.glob("**/*.ipynb")
-               if ".ipynb_checkpoints" not in p.parts and "class" not in p.relative_to(REPO).parts[:1]}
+               if ".ipynb_checkpoints" not in p.parts and "class" not in p.relative_to(REPO).parts[:1]
+               and not _in_virtual_environment(p)}
     return sorted(set(out) | on_disk)
 
 
